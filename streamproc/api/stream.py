@@ -1,0 +1,230 @@
+"""``Stream`` and ``GroupedStream``: the friendly operators, each adding one graph node."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from streamproc.api.topology import Topology
+from streamproc.codecs.base import Codec
+from streamproc.codecs.basic import JsonCodec
+from streamproc.errors import TopologyError
+from streamproc.graph.nodes import (
+    AggregateNode,
+    ArmNode,
+    BranchNode,
+    FilterNode,
+    FlatMapNode,
+    KeyByNode,
+    MapNode,
+    MergeNode,
+    Node,
+    ProcessNode,
+    RepartitionNode,
+    SinkNode,
+    StoreSpec,
+)
+
+
+class Stream:
+    """An unbounded stream of keyed records.
+
+    Value operators (``map``, ``filter``, ``flat_map``) keep the key. ``key_by`` changes it, after
+    which any keyed operation first sends the records through a repartition topic.
+    """
+
+    def __init__(
+        self, topology: Topology, node: Node, *, key_codec: Codec | None,
+        repartition_required: bool,
+    ) -> None:
+        self._topology = topology
+        self.node = node
+        self._key_codec = key_codec
+        self._repartition_required = repartition_required
+
+    def _then(self, node: Node, *, key_changed: bool = False,
+              key_codec: Codec | None = None) -> Stream:
+        node.parents.append(self.node)
+        self._topology._add(node)
+        return Stream(
+            self._topology, node,
+            key_codec=key_codec if key_changed else self._key_codec,
+            repartition_required=self._repartition_required or key_changed,
+        )
+
+    def _name(self, kind: str, given: str | None) -> str:
+        return self._topology._name(kind, given)
+
+    # -- stateless -----------------------------------------------------------------------
+    def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
+        """Replace each value by ``fn(value)``."""
+        return self._then(MapNode(self._name("map", name), fn=fn))
+
+    def filter(self, fn: Callable[[Any], bool], *, name: str | None = None) -> Stream:
+        """Keep the records whose ``fn(value)`` is true."""
+        return self._then(FilterNode(self._name("filter", name), fn=fn))
+
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Stream:
+        """Replace each value by zero or more values (same key and timestamp)."""
+        return self._then(FlatMapNode(self._name("flat_map", name), fn=fn))
+
+    def key_by(self, fn: Callable[[Any], Any], *, key: Codec | None = None,
+               name: str | None = None) -> Stream:
+        """Set each record's key to ``fn(value)``. ``key`` is the codec of the new key
+        (default JSON), used if the stream is repartitioned or written out."""
+        return self._then(KeyByNode(self._name("key_by", name), fn=fn), key_changed=True,
+                          key_codec=key or JsonCodec())
+
+    def process(
+        self, fn: Callable[..., None], *, store: str | None = None,
+        state: Codec | None = None, name: str | None = None,
+    ) -> Stream:
+        """Run ``fn(ctx, key, value)`` per record; it emits with ``ctx.emit(value, key=...)``.
+
+        With ``store``, ``ctx.state`` reads and writes the state of the record's key (changes
+        apply only if ``fn`` returns normally) and the stream is repartitioned first if its key
+        changed. Emitting a new key marks the output as needing a repartition.
+        """
+        src = self._keyed(name or store) if store else self
+        spec = StoreSpec(store, state or JsonCodec()) if store else None
+        node = ProcessNode(src._name("process", name), fn=fn, store=spec)
+        return src._then(node, key_changed=True, key_codec=src._key_codec or JsonCodec())
+
+    def branch(
+        self, predicates: Mapping[str, Callable[[Any], bool]], *,
+        otherwise: str | None = None, name: str | None = None,
+    ) -> dict[str, Stream]:
+        """Split by predicates over the value; a record goes to the first branch that matches,
+        else to ``otherwise`` if given, else it is dropped (counted as filtered)."""
+        if not predicates:
+            raise TopologyError("branch() needs at least one predicate")
+        names = [*predicates, *([otherwise] if otherwise else [])]
+        if len(set(names)) != len(names):
+            raise TopologyError(f"branch names must be distinct: {names}")
+        bnode = BranchNode(self._name("branch", name), predicates=list(predicates.items()),
+                           otherwise=otherwise)
+        base = self._then(bnode)
+        return {
+            arm: base._then(ArmNode(f"{bnode.name}.{arm}", index=i))
+            for i, arm in enumerate(names)
+        }
+
+    def merge(self, *others: Stream, name: str | None = None) -> Stream:
+        """One stream of the records of this and ``others`` (no ordering across them)."""
+        node = MergeNode(self._name("merge", name))
+        node.parents.extend(o.node for o in others)
+        out = self._then(node)
+        if any(o._repartition_required for o in others):
+            out._repartition_required = True
+        return out
+
+    # -- keyed ---------------------------------------------------------------------------
+    def group_by(
+        self, fn: Callable[[Any], Any], *, key: Codec | None = None,
+        value: Codec | None = None, name: str | None = None, partitions: int | None = None,
+    ) -> GroupedStream:
+        """Re-key by ``fn(value)`` and repartition so that each key's records meet in one task.
+
+        The internal topic is ``{app}-{name}-repartition``; name it to keep it stable across
+        code changes. ``key``/``value`` codecs (default JSON) encode records on that topic.
+        """
+        keyed = self.key_by(fn, key=key, name=f"{name}.key" if name else None)
+        return keyed._repartition(name, value, partitions)
+
+    def group_by_key(self, *, name: str | None = None, value: Codec | None = None) -> GroupedStream:
+        """Group by the current key (repartitioning only if the key was changed upstream)."""
+        return GroupedStream(self._keyed(name, value))
+
+    def _keyed(self, name: str | None, value: Codec | None = None) -> Stream:
+        if not self._repartition_required:
+            return self
+        return self._repartition(name, value, None).stream
+
+    def _repartition(self, name: str | None, value: Codec | None,
+                     partitions: int | None) -> GroupedStream:
+        rname = self._name("group_by", name)
+        node = RepartitionNode(
+            rname, topic=f"{self._topology.application_id}-{rname}-repartition",
+            key_codec=self._key_codec or JsonCodec(), value_codec=value or JsonCodec(),
+            partitions=partitions,
+        )
+        node.parents.append(self.node)
+        self._topology._add(node)
+        return GroupedStream(Stream(self._topology, node, key_codec=node.key_codec,
+                                    repartition_required=False))
+
+    # -- sinks ---------------------------------------------------------------------------
+    def to(self, topic: str, *, key: Codec | None = None, value: Codec | None = None,
+           name: str | None = None) -> None:
+        """Write every record to ``topic`` (key codec defaults to the stream's, value to JSON)."""
+        node = SinkNode(self._name("to", name), topic=topic,
+                        key_codec=key or self._key_codec or JsonCodec(),
+                        value_codec=value or JsonCodec())
+        self._then(node)
+
+
+class GroupedStream:
+    """A stream whose records are partitioned by key: aggregations emit one update per record."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    def _aggregate(self, operator: str, store: str, state: Codec | None,
+                   initializer: Callable[[], Any], adder: Callable[[Any, Any], Any],
+                   name: str | None) -> Stream:
+        s = self.stream
+        node = AggregateNode(s._name(operator, name), store=StoreSpec(store, state or JsonCodec()),
+                             initializer=initializer, adder=adder, operator=operator)
+        return s._then(node)
+
+    def count(self, *, store: str, name: str | None = None) -> Stream:
+        """The running number of records per key."""
+        return self._aggregate("count", store, None, _zero, _count, name)
+
+    def sum(self, fn: Callable[[Any], Any] | None = None, *, store: str,
+            name: str | None = None) -> Stream:
+        """The running sum per key of the values (or of ``fn(value)``)."""
+        if fn is None:
+            return self._aggregate("sum", store, None, _zero, _add, name)
+        f = fn
+        return self._aggregate("sum", store, None, _zero, lambda acc, v: acc + f(v), name)
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, store: str, state: Codec | None = None,
+               name: str | None = None) -> Stream:
+        """Combine values per key: the first value, then ``fn(acc, value)``."""
+        return self._aggregate("reduce", store, state, _unset,
+                               lambda acc, v: v if acc is _UNSET else fn(acc, v), name)
+
+    def aggregate(self, initializer: Callable[[], Any], fn: Callable[[Any, Any], Any], *,
+                  store: str, state: Codec | None = None, name: str | None = None) -> Stream:
+        """Fold values per key into ``fn(acc, value)`` starting from ``initializer()``."""
+        return self._aggregate("aggregate", store, state, initializer, fn, name)
+
+    def process(self, fn: Callable[..., None], *, store: str, state: Codec | None = None,
+                name: str | None = None) -> Stream:
+        """Keyed processing with the key's state: see :meth:`Stream.process`."""
+        return self.stream.process(fn, store=store, state=state, name=name)
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+
+
+def _zero() -> int:
+    return 0
+
+
+def _unset() -> Any:
+    return _UNSET
+
+
+def _count(acc: int, _v: Any) -> int:
+    return acc + 1
+
+
+def _add(acc: Any, v: Any) -> Any:
+    return acc + v

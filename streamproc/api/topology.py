@@ -1,0 +1,101 @@
+"""``Topology``: the entry point of the builder API. Importing a topology module does no I/O."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from streamproc.codecs.base import Codec
+from streamproc.codecs.basic import JsonCodec, RawCodec
+from streamproc.errors import TopologyError
+from streamproc.graph.nodes import Node, SourceNode, TimestampChoice
+from streamproc.types import ErrorPolicy
+
+if TYPE_CHECKING:  # Stream imports Topology at runtime; this one-way hint avoids a cycle.
+    from streamproc.api.stream import Stream
+
+_APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_POLICIES = ("dead_letter", "skip", "fail")
+_TIMESTAMPS = ("create_time", "log_append_time", "processing_time")
+
+
+class Topology:
+    """A dataflow of sources -> operators -> sinks under one application id.
+
+    The application id is the Kafka consumer group, prefixes every internal topic
+    (``{app}-{name}-repartition``, ``{app}-{store}-changelog``, ``{app}-dlq``) and names the
+    local state directory.
+    """
+
+    def __init__(self, application_id: str, *, on_error: ErrorPolicy = "dead_letter") -> None:
+        if not _APP_ID.match(application_id):
+            raise TopologyError(
+                f"application id {application_id!r} must be 1-200 characters of "
+                "letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        _check_policy(on_error)
+        self.application_id = application_id
+        self.on_error: ErrorPolicy = on_error
+        self.nodes: list[Node] = []
+        self._counter = 0
+
+    # -- naming --------------------------------------------------------------------------
+    def _name(self, kind: str, given: str | None) -> str:
+        self._counter += 1
+        name = given if given is not None else f"{kind}-{self._counter}"
+        if any(n.name == name for n in self.nodes):
+            raise TopologyError(f"operator name {name!r} is used twice in {self.application_id}")
+        if not re.match(r"^[A-Za-z0-9._-]+$", name):
+            raise TopologyError(f"operator name {name!r}: use letters, digits, '.', '_' or '-'")
+        return name
+
+    def _add(self, node: Node) -> Node:
+        self.nodes.append(node)
+        return node
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.application_id}-dlq"
+
+    # -- sources -------------------------------------------------------------------------
+    def source(
+        self,
+        *topics: str,
+        key: Codec | None = None,
+        value: Codec | None = None,
+        timestamp: TimestampChoice = "create_time",
+        on_error: ErrorPolicy | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """A stream of the records of one or more topics (their partitions are co-processed by
+        partition number). ``key``/``value`` default to raw bytes and JSON."""
+        from streamproc.api.stream import Stream
+
+        if not topics:
+            raise TopologyError("source() needs at least one topic")
+        for t in topics:
+            if not t or not re.match(r"^[A-Za-z0-9._-]+$", t):
+                raise TopologyError(f"invalid topic name {t!r}")
+        if isinstance(timestamp, str) and timestamp not in _TIMESTAMPS:
+            raise TopologyError(f"timestamp must be one of {_TIMESTAMPS} or a callable")
+        policy = on_error or self.on_error
+        _check_policy(policy)
+        key_codec = key or RawCodec()
+        node = SourceNode(
+            name=self._name("source", name), topics=tuple(topics), key_codec=key_codec,
+            value_codec=value or JsonCodec(), timestamp=timestamp, on_error=policy,
+        )
+        self._add(node)
+        return Stream(self, node, key_codec=key_codec, repartition_required=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"application_id": self.application_id,
+                "nodes": [n.describe() for n in self.nodes]}
+
+    def __repr__(self) -> str:
+        return f"Topology({self.application_id!r}, {len(self.nodes)} nodes)"
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in _POLICIES:
+        raise TopologyError(f"on_error must be one of {_POLICIES}, got {policy!r}")

@@ -1,0 +1,153 @@
+"""``streamproc``: run a topology, manage the local development broker, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from streamproc import logs
+from streamproc.config import Settings, flag_for, load_settings
+from streamproc.errors import ConfigError, StreamprocError, TopologyError
+from streamproc.loader import load_topology
+
+log = structlog.get_logger("streamproc.cli")
+
+_DICT_SETTINGS = {"consumer_config", "producer_config"}
+
+
+def resolve_brokers(settings: Settings) -> str:
+    if settings.brokers:
+        return settings.brokers
+    from streamproc.kafka import broker
+
+    running = broker.status()
+    if running is None:
+        raise ConfigError(
+            "brokers (env STREAMPROC_BROKERS, flag --brokers)",
+            "no Kafka brokers configured and no local broker running: set it, or start one "
+            "with `streamproc kafka start`")
+    return running.bootstrap
+
+
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        p.add_argument(flag_for(name), dest=name, default=None, metavar="VALUE",
+                       help=field.description or f"(env STREAMPROC_{name.upper()})")
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    given: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(args, name, None)
+        if value is not None and name in _DICT_SETTINGS:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(name, f"expected a JSON object: {exc}") from exc
+        given[name] = value
+    return load_settings(**given)
+
+
+def _configure_logs(args: argparse.Namespace) -> Settings | None:
+    try:
+        settings = _settings_from(args)
+    except ConfigError:
+        logs.configure()
+        raise
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streamproc.runtime.app import Application
+
+    settings = _configure_logs(args)
+    assert settings is not None
+    topology = load_topology(args.topology)
+    app = Application(topology, settings, bootstrap=resolve_brokers(settings))
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("instance.stopping", signal=signal.Signals(signum).name)
+        app.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return app.run()
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from streamproc.kafka import broker
+
+    logs.configure()
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if args.action == "start":
+        b = broker.start(data_dir=data_dir, port=args.port)
+        sys.stdout.write(b.bootstrap + "\n")
+        return 0
+    if args.action == "stop":
+        stopped = broker.stop(data_dir=data_dir)
+        sys.stdout.write("stopped\n" if stopped else "not running\n")
+        return 0
+    running = broker.status(data_dir=data_dir)
+    if running is None:
+        sys.stdout.write("not running\n")
+        return 1
+    sys.stdout.write(running.bootstrap + "\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamproc.demo import run_demo
+
+    settings = _configure_logs(args)
+    assert settings is not None
+    return run_demo(settings, lines=args.lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamproc",
+                                     description="Kafka-native stream processing")
+    parser.add_argument("--version", action="version", version="streamproc 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a topology as a consumer-group application")
+    run.add_argument("topology", help="module or module:attr, e.g. topologies.wordcount")
+    _add_setting_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    kafka = sub.add_parser("kafka", help="the local single-node Kafka for development and tests")
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    kafka.add_argument("--data-dir", default=None)
+    kafka.add_argument("--port", type=int, default=None)
+    kafka.set_defaults(func=cmd_kafka)
+
+    demo = sub.add_parser("demo", help="wordcount on the local broker, fed by a generator")
+    demo.add_argument("--lines", type=int, default=2000)
+    _add_setting_flags(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        log.error("config.invalid", setting=exc.setting, error=str(exc))
+        sys.stderr.write(f"streamproc: {exc}\n")
+        return 2
+    except (TopologyError, StreamprocError) as exc:
+        log.error("start.failed", error=str(exc))
+        sys.stderr.write(f"streamproc: {exc}\n")
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

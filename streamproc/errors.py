@@ -1,0 +1,48 @@
+"""Errors, arranged by what the caller can do about them.
+
+This module is a leaf: it imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+
+class StreamprocError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class ConfigError(StreamprocError):
+    """Invalid configuration. The message names the setting to fix; the app stops at start."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"invalid setting {setting!r}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class TopologyError(StreamprocError):
+    """The topology cannot run as declared (bad graph, missing topic, co-partitioning mismatch)."""
+
+
+class CodecError(StreamprocError):
+    """A key or value could not be encoded or decoded: bad input, handled by the source's policy."""
+
+    def __init__(self, codec: str, message: str) -> None:
+        super().__init__(f"{codec}: {message}")
+        self.codec = codec
+
+
+class ProcessingFailed(StreamprocError):
+    """A record failed under the ``fail`` policy: the instance stops, nothing past it commits."""
+
+    def __init__(self, where: str, topic: str, partition: int, offset: int, cause: BaseException):
+        super().__init__(
+            f"{where} failed on {topic}[{partition}]@{offset}: {type(cause).__name__}: {cause}"
+        )
+        self.where = where
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+
+class TransactionAborted(StreamprocError):
+    """A checkpoint could not be committed; uncommitted work was discarded and will be replayed."""

@@ -1,0 +1,69 @@
+"""Topic administration: look up partition counts, create internal topics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from streamproc.errors import StreamprocError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+class TopicAdmin:
+    def __init__(self, bootstrap: str, timeout_s: float = 30.0) -> None:
+        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._timeout_s = timeout_s
+        self.bootstrap = bootstrap
+
+    def partitions(self, topics: list[str]) -> dict[str, int | None]:
+        """Partition count per topic, ``None`` for a topic that does not exist."""
+        try:
+            md = self._admin.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise StreamprocError(
+                f"cannot reach Kafka at {self.bootstrap}: {exc.args[0]} "
+                "(check STREAMPROC_BROKERS)") from exc
+        out: dict[str, int | None] = {}
+        for t in topics:
+            meta = md.topics.get(t)
+            out[t] = None if meta is None or meta.error is not None else len(meta.partitions)
+        return out
+
+    def create(self, specs: list[TopicSpec]) -> None:
+        """Create topics that do not exist yet (another instance may race us: that is fine)."""
+        if not specs:
+            return
+        new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1,
+                        config=s.config) for s in specs]
+        futures = self._admin.create_topics(new, operation_timeout=self._timeout_s)
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                log.info("admin.topic_created", topic=name,
+                         partitions=next(s.partitions for s in specs if s.name == name))
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise StreamprocError(f"cannot create topic {name!r}: {exc.args[0]}") from exc
+
+    def delete(self, topics: list[str]) -> None:
+        if not topics:
+            return
+        for name, fut in self._admin.delete_topics(topics,
+                                                   operation_timeout=self._timeout_s).items():
+            try:
+                fut.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+                log.debug("admin.topic_absent", topic=name)

@@ -1,0 +1,85 @@
+"""librdkafka configurations, built by pure functions from settings.
+
+Engine-owned keys come last so that user overrides cannot silently break a guarantee; a user
+override of one of them is a configuration error instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamproc.config import Settings
+from streamproc.errors import ConfigError
+
+# Keys the engine must own: overriding them would void exactly-once or the rebalance protocol.
+_RESERVED_CONSUMER = {"group.id", "enable.auto.commit", "enable.auto.offset.store",
+                      "isolation.level", "partition.assignment.strategy"}
+_RESERVED_PRODUCER = {"transactional.id", "enable.idempotence"}
+
+
+def _check_overrides(extra: dict[str, str], reserved: set[str], setting: str) -> None:
+    bad = sorted(reserved & set(extra))
+    if bad:
+        raise ConfigError(setting, f"{', '.join(bad)} is managed by streamproc and cannot be set")
+
+
+def consumer_config(settings: Settings, bootstrap: str, group_id: str) -> dict[str, Any]:
+    _check_overrides(settings.consumer_config, _RESERVED_CONSUMER, "consumer_config")
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": f"{group_id}-consumer",
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
+        "fetch.min.bytes": 1,
+        "queued.max.messages.kbytes": 65536,
+        **settings.consumer_config,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # Incremental rebalances: unaffected partitions keep processing during a rebalance.
+        "partition.assignment.strategy": "cooperative-sticky",
+        # Our own changelog/repartition topics and upstream EOS apps: never read aborted data.
+        "isolation.level": "read_committed",
+    }
+
+
+def restore_consumer_config(settings: Settings, bootstrap: str, group_id: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": f"{group_id}-restore",
+        # Never subscribed and never committed: the group id only satisfies librdkafka.
+        "group.id": f"{group_id}-restore",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        # The end of a changelog may be a transaction marker, so "position == high watermark"
+        # is not a reliable end; partition EOF is.
+        "enable.partition.eof": True,
+        # A stored offset outside the log means the changelog was recreated: report it so the
+        # store is wiped and rebuilt, rather than silently resetting into stale local state.
+        "auto.offset.reset": "error",
+        "queued.max.messages.kbytes": 131072,
+    }
+
+
+def producer_config(settings: Settings, bootstrap: str, transactional_id: str | None,
+                    client_id: str) -> dict[str, Any]:
+    _check_overrides(settings.producer_config, _RESERVED_PRODUCER, "producer_config")
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "compression.type": "lz4",
+        # Same partition for the same key bytes as the Java client (and Kafka Streams).
+        "partitioner": "murmur2_random",
+        **settings.producer_config,
+        "enable.idempotence": True,
+    }
+    if transactional_id is not None:
+        conf["transactional.id"] = transactional_id
+        conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
+    return conf

@@ -1,0 +1,115 @@
+"""Small helpers to feed and read topics: used by the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from streamproc.types import Headers
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: dict[str, bytes]
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
+            *, partition: int | None = None, headers: Headers | None = None) -> int:
+    """Produce (key, value) pairs idempotently and wait for all acknowledgements."""
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+                  "partitioner": "murmur2_random"})
+    n = 0
+    for key, value in records:
+        while True:
+            try:
+                if partition is None:
+                    p.produce(topic, value, key, headers=headers)
+                else:
+                    p.produce(topic, value, key, partition, headers=headers)
+                break
+            except BufferError:
+                p.poll(0.1)
+        n += 1
+    if p.flush(60):
+        raise RuntimeError(f"could not deliver all records to {topic}")
+    return n
+
+
+def end_offsets(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}",
+                  "isolation.level": "read_committed", "enable.auto.commit": False})
+    try:
+        md = c.list_topics(topic, timeout=timeout_s)
+        parts = md.topics[topic].partitions
+        return {p: c.get_watermark_offsets(KafkaTopicPartition(topic, p), timeout_s)[1]
+                for p in parts}
+    finally:
+        c.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str,
+                      timeout_s: float = 10.0) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        got = c.committed([KafkaTopicPartition(topic, p) for p in parts], timeout_s)
+        return {tp.partition: tp.offset for tp in got}
+    finally:
+        c.close()
+
+
+def read_all(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
+             isolation: str = "read_committed") -> list[ReadRecord]:
+    """Every record of ``topic`` from the beginning to its current end (per partition)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                  "isolation.level": isolation, "enable.auto.commit": False,
+                  "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    out: list[ReadRecord] = []
+    try:
+        parts = c.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        c.assign([KafkaTopicPartition(topic, p, 0) for p in parts])
+        pending = set(parts)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for m in c.consume(10_000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                    continue
+                got = m.headers() or []
+                raw_headers = list(got.items()) if isinstance(got, dict) else got
+                headers = {k: v if isinstance(v, bytes) else (v or "").encode()
+                           for k, v in raw_headers}
+                out.append(ReadRecord(topic, m.partition() or 0, m.offset() or 0, m.key(),
+                                      m.value(), m.timestamp()[1], headers))
+        if pending:
+            raise TimeoutError(f"{topic}: partitions {sorted(pending)} did not reach their end "
+                               f"within {timeout_s}s (an open transaction?)")
+    finally:
+        c.close()
+    return out
+
+
+def wait_committed(bootstrap: str, group: str, topic: str, timeout_s: float = 60.0) -> bool:
+    """Wait until ``group`` has committed the end offset of every partition of ``topic``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ends = end_offsets(bootstrap, topic)
+        done = committed_offsets(bootstrap, group, topic)
+        if all(done.get(p, -1) >= e for p, e in ends.items()):
+            return True
+        time.sleep(0.3)
+    return False

@@ -1,0 +1,411 @@
+"""The instance: one consumer-group member running every task it is assigned.
+
+The loop knows nothing of what operators do: it consumes a batch, routes it by partition to
+tasks, lets restoring tasks catch up, and takes a checkpoint every ``commit_interval_ms``.
+
+Checkpoint protocols (design.md):
+- exactly_once: changelog records join the open transaction; flush; the consumer positions are
+  added with the group metadata (KIP-447 fencing); commit; only then RocksDB is written
+  (atomically with its changelog offset); a new transaction begins.
+- at_least_once: flush output + changelog, write RocksDB, then commit offsets.
+- at_most_once: offsets are committed before a batch is processed.
+Any failure discards all uncommitted work: a new producer fences the old one, every task is
+reopened from its committed state and re-consumes from the committed offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from streamproc.api.topology import Topology
+from streamproc.config import Settings
+from streamproc.errors import ProcessingFailed, TransactionAborted
+from streamproc.graph.compile import CompiledTopology, compile_topology
+from streamproc.kafka.admin import TopicAdmin
+from streamproc.kafka.clients import consumer_config, producer_config, restore_consumer_config
+from streamproc.metrics import Metrics
+from streamproc.runtime import faults
+from streamproc.runtime.collector import Collector
+from streamproc.runtime.plan import needs_colocation, resolve
+from streamproc.runtime.restore import Restorer
+from streamproc.runtime.statedir import StateDir
+from streamproc.runtime.task import Task
+from streamproc.types import Origin, TaskId, TopicPartition
+
+log = structlog.get_logger(__name__)
+
+_STATS_EVERY_S = 10.0
+
+
+class Application:
+    def __init__(self, topology: Topology, settings: Settings, *, bootstrap: str) -> None:
+        self.topology = topology
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.compiled: CompiledTopology = compile_topology(topology)
+        self.app_id = topology.application_id
+        self.metrics = Metrics()
+        self.guarantee = settings.processing_guarantee
+        self._eos = self.guarantee == "exactly_once"
+        self._stop = False
+        self._failed: BaseException | None = None
+        self.tasks: dict[TaskId, Task] = {}
+        self._assigned: set[TopicPartition] = set()
+        self._policies = {t: self.compiled.source_node(t).on_error
+                          for t in self.compiled.topic_subtopology}
+        self._cooperative = not needs_colocation(self.compiled)
+        self._statedir = StateDir(settings.state_dir, self.app_id)
+        self._op_timeout_s = min(30.0, settings.max_poll_interval_ms / 4000)
+        self._consumer: Consumer | None = None
+        self._collector: Collector | None = None
+        self._restorer: Restorer | None = None
+        self._reset_to = OFFSET_BEGINNING
+        self.processed = 0
+        self.checkpoints = 0
+
+    # -- public -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish: final checkpoint, stores closed. Safe from a signal handler."""
+        self._stop = True
+
+    def run(self) -> int:
+        """Run until :meth:`stop`; returns the process exit code (0 clean, 1 failed)."""
+        self._start()
+        try:
+            self._loop()
+        except ProcessingFailed as exc:
+            self._failed = exc
+            log.error("instance.failed", error=str(exc), policy="fail")
+        except Exception as exc:
+            self._failed = exc
+            log.exception("instance.crashed", error=str(exc))
+        finally:
+            self._shutdown()
+        return 1 if self._failed else 0
+
+    # -- start and stop ------------------------------------------------------------------------
+    def _start(self) -> None:
+        s = self.settings
+        plan = resolve(self.compiled, TopicAdmin(self.bootstrap))
+        self._statedir.lock()
+        instance = self._statedir.instance_id(s.instance_id)
+        txid = f"{self.app_id}-{instance}" if self._eos else None
+        self._collector = Collector(
+            lambda: producer_config(s, self.bootstrap, txid, f"{self.app_id}-{instance}"),
+            transactional=self._eos, op_timeout_s=self._op_timeout_s)
+        self._collector.init()
+        self._collector.begin()
+        cconf = consumer_config(s, self.bootstrap, self.app_id)
+        if not self._cooperative:
+            cconf["partition.assignment.strategy"] = "range"
+        if str(cconf.get("auto.offset.reset")) in ("latest", "largest", "end"):
+            self._reset_to = OFFSET_END
+        self._consumer = Consumer(cconf)
+        self._restorer = Restorer(restore_consumer_config(s, self.bootstrap, self.app_id),
+                                  s.restore_batch_size)
+        topics = list(self.compiled.topic_subtopology)
+        self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+        log.info("instance.started", app=self.app_id, instance=instance,
+                 guarantee=self.guarantee, commit_interval_ms=s.commit_interval_ms,
+                 assignor="cooperative-sticky" if self._cooperative else "range",
+                 topics=topics, tasks_per_subtopology=plan.partitions,
+                 state_dir=str(self._statedir.path), brokers=self.bootstrap)
+
+    def _shutdown(self) -> None:
+        consumer, collector = self._consumer, self._collector
+        if self._failed is None and collector is not None and consumer is not None:
+            self._checkpoint("shutdown")
+        if self._failed is not None and collector is not None and self._eos:
+            collector.reset()  # fences and aborts the open transaction: nothing past it commits
+        if consumer is not None:
+            consumer.close()  # revokes: the callback closes the tasks
+        for task in list(self.tasks.values()):
+            task.close()
+        self.tasks.clear()
+        if self._restorer is not None:
+            self._restorer.close()
+        if collector is not None:
+            collector.close(self._op_timeout_s)
+        self._statedir.unlock()
+        log.info("instance.stopped", app=self.app_id, processed=self.processed,
+                 checkpoints=self.checkpoints, failed=self._failed is not None)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        s = self.settings
+        consumer, collector, restorer = self._consumer, self._collector, self._restorer
+        assert consumer is not None and collector is not None and restorer is not None
+        interval = s.commit_interval_ms / 1000
+        next_checkpoint = time.monotonic() + interval
+        next_stats = time.monotonic() + _STATS_EVERY_S
+        poll_s = s.poll_timeout_ms / 1000
+        while not self._stop:
+            msgs = consumer.consume(s.consume_batch_size, 0.0 if restorer.active else poll_s)
+            if msgs:
+                self._route(msgs)
+                faults.hit("after_process")
+            if restorer.active:
+                for task in restorer.step(poll_s if not msgs else 0.0):
+                    self._start_task(task)
+            collector.poll()
+            now = time.monotonic()
+            if now >= next_checkpoint:
+                self._checkpoint("interval")
+                next_checkpoint = time.monotonic() + interval
+            if now >= next_stats:
+                next_stats = now + _STATS_EVERY_S
+                self._log_stats()
+
+    def _route(self, msgs: list[Any]) -> None:
+        buckets: dict[TopicPartition, list[Any]] = {}
+        for m in msgs:
+            if m.error() is not None:
+                self._consume_error(m.error())
+                continue
+            tp = TopicPartition(m.topic(), m.partition())
+            bucket = buckets.get(tp)
+            if bucket is None:
+                buckets[tp] = [m]
+            else:
+                bucket.append(m)
+        if not buckets:
+            return
+        if self.guarantee == "at_most_once":
+            self._commit_before_processing(buckets)
+        sub_of = self.compiled.topic_subtopology
+        for tp, batch in buckets.items():
+            task = self.tasks.get(TaskId(sub_of[tp.topic], tp.partition))
+            if task is None or not task.running or tp not in self._assigned:
+                continue  # revoked, or restoring: it will seek to the committed offset
+            n = task.process(tp, batch)
+            self.processed += n
+            self.metrics.inc("records_consumed_total", n, topic=tp.topic)
+
+    def _consume_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("consumer.error", error=str(err), code=err.code())
+
+    def _commit_before_processing(self, buckets: dict[TopicPartition, list[Any]]) -> None:
+        assert self._consumer is not None
+        offsets = [KafkaTopicPartition(tp.topic, tp.partition, b[-1].offset() + 1)
+                   for tp, b in buckets.items() if tp in self._assigned]
+        if offsets:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def _create_task(self, tid: TaskId) -> None:
+        assert self._restorer is not None and self._collector is not None
+        st = self.compiled.subtopologies[tid.subtopology]
+        changelogs = self.compiled.changelog_topics
+        task = Task(
+            tid, st, app_dir=self._statedir.path,
+            changelog_topic=lambda store: changelogs[store][1],
+            send=self._collector.send, on_error=self._on_error, count=self.metrics.inc,
+            cache_max_keys=self.settings.state_cache_max_keys,
+            max_record_bytes=1_000_000,
+        )
+        wiped = task.open()
+        if wiped:
+            self.metrics.inc("state_rebuilds_total", len(wiped), task=str(tid))
+        self.tasks[tid] = task
+        self._restorer.add(task)
+        if not self._restorer.is_restoring(task):
+            self._start_task(task)
+
+    def _task_partitions(self, task: Task) -> list[TopicPartition]:
+        return [TopicPartition(t, task.partition) for t in task.subtopology.source_topics
+                if TopicPartition(t, task.partition) in self._assigned]
+
+    def _start_task(self, task: Task, only: Iterable[TopicPartition] | None = None) -> None:
+        """Seek the task's partitions to their committed offsets and resume them."""
+        consumer = self._consumer
+        assert consumer is not None
+        tps = list(only) if only is not None else self._task_partitions(task)
+        if not tps:
+            task.start()
+            return
+        committed = consumer.committed(
+            [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps], self._op_timeout_s)
+        positions: dict[TopicPartition, int] = {}
+        for c in committed:
+            tp = TopicPartition(c.topic, c.partition)
+            if c.offset >= 0:
+                positions[tp] = c.offset
+            consumer.seek(KafkaTopicPartition(c.topic, c.partition,
+                                              c.offset if c.offset >= 0 else self._reset_to))
+        task.next_offsets.update(positions)
+        task.mark_committed(positions)
+        task.start()
+        consumer.resume([KafkaTopicPartition(tp.topic, tp.partition) for tp in tps])
+        log.info("task.running", task=str(task.id), partitions=[f"{t}[{p}]" for t, p in tps],
+                 committed=[positions.get(tp) for tp in tps])
+
+    def _close_task(self, task: Task) -> None:
+        assert self._restorer is not None
+        self._restorer.remove(task)
+        task.close()
+        self.tasks.pop(task.id, None)
+
+    # -- rebalance callbacks (run inside consumer.consume) -------------------------------------
+    def _on_assign(self, consumer: Consumer, parts: list[KafkaTopicPartition]) -> None:
+        if self._cooperative:
+            consumer.incremental_assign(parts)
+        else:
+            consumer.assign(parts)
+        if not parts:
+            return
+        # Nothing is fetched for a task until its stores are restored and it has sought to
+        # the committed offsets.
+        consumer.pause(parts)
+        self.metrics.inc("rebalances_total")
+        sub_of = self.compiled.topic_subtopology
+        fresh: set[TaskId] = set()
+        for p in parts:
+            tp = TopicPartition(p.topic, p.partition)
+            self._assigned.add(tp)
+            tid = TaskId(sub_of[p.topic], p.partition)
+            task = self.tasks.get(tid)
+            if task is None:
+                fresh.add(tid)
+            elif task.running:
+                self._start_task(task, only=[tp])  # one more topic of a running task
+        log.info("rebalance.assigned", partitions=[f"{p.topic}[{p.partition}]" for p in parts],
+                 new_tasks=sorted(str(t) for t in fresh))
+        for tid in sorted(fresh):
+            self._create_task(tid)
+
+    def _on_revoke(self, consumer: Consumer, parts: list[KafkaTopicPartition]) -> None:
+        revoked = {TopicPartition(p.topic, p.partition) for p in parts}
+        log.info("rebalance.revoked", partitions=[f"{p.topic}[{p.partition}]" for p in parts])
+        committed = True
+        if self._failed is None and revoked and self._collector is not None:
+            committed = self._checkpoint("revoke", recover=False)
+        self._assigned -= revoked
+        if not committed:
+            self._recover("checkpoint failed during revoke")
+        for task in list(self.tasks.values()):
+            if not self._task_partitions(task):
+                self._close_task(task)
+        if self._cooperative:
+            consumer.incremental_unassign(parts)
+        else:
+            consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, parts: list[KafkaTopicPartition]) -> None:
+        lost = {TopicPartition(p.topic, p.partition) for p in parts}
+        log.warning("rebalance.lost", partitions=[f"{p.topic}[{p.partition}]" for p in parts])
+        self._assigned -= lost
+        # Another member may already own them: our uncommitted work must not be committed,
+        # and it shares one transaction with every other task, so all of it goes.
+        self._recover("partitions lost")
+        if self._cooperative:
+            consumer.incremental_unassign(parts)
+        else:
+            consumer.unassign()
+
+    # -- checkpoint and recovery ---------------------------------------------------------------
+    def _checkpoint(self, reason: str, *, recover: bool = True) -> bool:
+        collector, consumer = self._collector, self._consumer
+        assert collector is not None and consumer is not None
+        running = [t for t in self.tasks.values() if t.running]
+        offsets: dict[TopicPartition, int] = {}
+        for t in running:
+            offsets.update(t.uncommitted_offsets())
+        changes = [(t, name, recs) for t in running
+                   for name, recs in t.prepare_changes().items()]
+        if not offsets and not changes:
+            return True
+        started = time.monotonic()
+        try:
+            for t, name, recs in changes:
+                topic = t.changelog_topics[name]
+                for key, value in recs:
+                    collector.send_changelog(topic, t.partition, key, value)
+            if self._eos:
+                collector.commit_transaction(offsets, consumer.consumer_group_metadata())
+            else:
+                collector.flush()
+            for t, name, recs in changes:
+                t.stores[name].commit(recs, collector.changelog_next(t.changelog_topics[name],
+                                                                     t.partition))
+            if self.guarantee == "at_least_once" and offsets:
+                consumer.commit(offsets=[KafkaTopicPartition(tp.topic, tp.partition, o)
+                                         for tp, o in offsets.items()], asynchronous=False)
+        except (TransactionAborted, KafkaException) as exc:
+            self.metrics.inc("checkpoint_failures_total")
+            log.warning("checkpoint.failed", reason=reason, error=str(exc))
+            if recover:
+                self._recover(f"checkpoint failed: {exc}")
+            return False
+        for t in running:
+            t.mark_committed({tp: o for tp, o in offsets.items() if tp in t.next_offsets})
+        if self._eos:
+            collector.begin()
+        secs = time.monotonic() - started
+        self.checkpoints += 1
+        self.metrics.inc("checkpoints_total")
+        self.metrics.inc("checkpoint_duration_seconds_total", secs)
+        log.debug("checkpoint.committed", reason=reason, partitions=len(offsets),
+                  changelog_records=sum(len(r) for _, _, r in changes), seconds=round(secs, 4))
+        return True
+
+    def _recover(self, reason: str) -> None:
+        """Drop every uncommitted effect and resume all owned tasks from committed state."""
+        collector, consumer = self._collector, self._consumer
+        assert collector is not None and consumer is not None
+        log.warning("instance.recovering", reason=reason, tasks=len(self.tasks))
+        self.metrics.inc("transaction_aborts_total")
+        collector.reset()
+        for task in list(self.tasks.values()):
+            self._close_task(task)
+        if self._assigned:
+            consumer.pause([KafkaTopicPartition(t, p) for t, p in self._assigned])
+        sub_of = self.compiled.topic_subtopology
+        for tid in sorted({TaskId(sub_of[tp.topic], tp.partition) for tp in self._assigned}):
+            self._create_task(tid)
+        collector.begin()
+
+    # -- bad input -----------------------------------------------------------------------------
+    def _on_error(self, origin: Origin, exc: BaseException, where: str) -> None:
+        topic = origin.topic() or ""
+        partition = origin.partition()
+        offset = origin.offset()
+        partition = -1 if partition is None else partition
+        offset = -1 if offset is None else offset
+        policy = self._policies.get(topic, self.topology.on_error)
+        if policy == "fail":
+            raise ProcessingFailed(where, topic, partition, offset, exc) from exc
+        etype = type(exc).__name__
+        message = str(exc)[:1000]
+        self.metrics.inc("records_failed_total", policy=policy, error_type=etype, topic=topic)
+        log.warning("record.dead_lettered" if policy == "dead_letter" else "record.skipped",
+                    topic=topic, partition=partition, offset=offset, operator=where,
+                    error_type=etype, error=message)
+        if policy == "dead_letter":
+            assert self._collector is not None
+            ts = origin.timestamp()[1]
+            headers = [*(origin.headers() or []),
+                       ("streamproc.topic", topic.encode()),
+                       ("streamproc.partition", str(partition).encode()),
+                       ("streamproc.offset", str(offset).encode()),
+                       ("streamproc.timestamp", str(ts).encode()),
+                       ("streamproc.operator", where.encode()),
+                       ("streamproc.error.type", etype.encode()),
+                       ("streamproc.error.message", message.encode())]
+            self._collector.send(self.compiled.dead_letter_topic, origin.key(), origin.value(),
+                                 ts if ts > 0 else int(time.time() * 1000), headers)
+
+    def _log_stats(self) -> None:
+        restoring = sum(1 for t in self.tasks.values() if not t.running)
+        log.info("instance.stats", processed=self.processed, checkpoints=self.checkpoints,
+                 produced=self._collector.produced if self._collector else 0,
+                 tasks_running=len(self.tasks) - restoring, tasks_restoring=restoring,
+                 failed_records=self.metrics.total("records_failed_total"))

@@ -1,0 +1,144 @@
+"""The record collector: the one producer of an instance, and its transactions.
+
+Everything an instance writes (sink records, repartition records, changelog records, dead
+letters) goes through here, so under exactly-once it all lands in the current transaction.
+Any transactional call that fails, times out or has an unknown outcome is never retried: the
+producer is thrown away and a new one with the same transactional.id is initialised, which
+fences the old epoch and aborts whatever it had open (design.md; librdkafka lacks KIP-890).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from streamproc.errors import TransactionAborted
+from streamproc.runtime import faults
+from streamproc.types import Headers, TopicPartition
+
+log = structlog.get_logger(__name__)
+
+
+class Collector:
+    def __init__(self, make_config: Callable[[], dict[str, Any]], *, transactional: bool,
+                 op_timeout_s: float) -> None:
+        self._make_config = make_config
+        self.transactional = transactional
+        self._op_timeout_s = op_timeout_s
+        self._producer: Producer = Producer(make_config())
+        self._changelog_next: dict[TopicPartition, int] = {}
+        self._errors: list[KafkaError] = []
+        self._in_txn = False
+        self.produced = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def init(self) -> None:
+        if self.transactional:
+            # Fences any earlier producer with our transactional.id and aborts its open
+            # transaction, so read_committed consumers are not left waiting for its timeout.
+            self._producer.init_transactions(self._op_timeout_s)
+
+    def begin(self) -> None:
+        if self.transactional and not self._in_txn:
+            self._producer.begin_transaction()
+            self._in_txn = True
+
+    def reset(self) -> None:
+        """Throw the producer away and start a fresh one (same transactional.id)."""
+        try:
+            self._producer.purge(in_queue=True, in_flight=True)
+        except Exception as exc:
+            log.debug("collector.purge_failed", error=str(exc))
+        self._producer = Producer(self._make_config())
+        self._changelog_next.clear()
+        self._errors.clear()
+        self._in_txn = False
+        self.init()
+
+    def close(self, timeout_s: float) -> None:
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            log.warning("collector.unflushed_at_close", messages=remaining)
+
+    # -- producing ---------------------------------------------------------------------------
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(err)
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
+             headers: Headers | None, partition: int = -1) -> None:
+        p = self._producer
+        while True:
+            try:
+                p.produce(topic, value, key, partition, on_delivery=self._on_delivery,
+                          timestamp=timestamp, headers=headers)
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                p.poll(0.05)
+        self.produced += 1
+
+    def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        tp = TopicPartition(topic, partition)
+        nexts = self._changelog_next
+
+        def delivered(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                self._errors.append(err)
+            else:
+                off = msg.offset() + 1
+                if off > nexts.get(tp, -1):
+                    nexts[tp] = off
+
+        p = self._producer
+        while True:
+            try:
+                p.produce(topic, value, key, partition, on_delivery=delivered)
+                break
+            except BufferError:
+                p.poll(0.05)
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def changelog_next(self, topic: str, partition: int) -> int | None:
+        return self._changelog_next.get(TopicPartition(topic, partition))
+
+    # -- the barrier ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Wait until everything produced is acknowledged; raise if anything failed."""
+        remaining = self._producer.flush(self._op_timeout_s)
+        if remaining:
+            raise TransactionAborted(f"{remaining} records not delivered within "
+                                     f"{self._op_timeout_s}s")
+        if self._errors:
+            first = self._errors[0]
+            n = len(self._errors)
+            self._errors.clear()
+            raise TransactionAborted(f"{n} records failed delivery, first: {first}")
+
+    def commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: Any) -> None:
+        """Flush, add the consumer positions to the transaction and commit it.
+
+        Raises :class:`TransactionAborted` on any failure; the caller must then :meth:`reset`
+        and resume from the committed offsets.
+        """
+        try:
+            self.flush()
+            if offsets:
+                self._producer.send_offsets_to_transaction(
+                    [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()],
+                    group_metadata, self._op_timeout_s)
+            faults.hit("before_commit")
+            self._producer.commit_transaction(self._op_timeout_s)
+            self._in_txn = False
+            faults.hit("after_commit")
+        except KafkaException as exc:
+            err = exc.args[0]
+            raise TransactionAborted(
+                f"transaction commit failed ({'fatal' if err.fatal() else 'non-fatal'}): "
+                f"{err.str()}") from exc

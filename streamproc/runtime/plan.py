@@ -1,0 +1,91 @@
+"""Resolve a compiled topology against the cluster: partition counts, internal topics, checks.
+
+Everything that can be wrong about topics is found here, at start, with one message saying
+what to fix, instead of surfacing later as a produce error inside a transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamproc.errors import TopologyError
+from streamproc.graph.compile import CompiledTopology
+from streamproc.kafka.admin import TopicAdmin, TopicSpec
+
+CHANGELOG_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+REPARTITION_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
+DLQ_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    partitions: dict[int, int]  # sub-topology id -> number of tasks
+    topic_partitions: dict[str, int]
+    internal_topics: list[TopicSpec]
+
+
+def resolve(compiled: CompiledTopology, admin: TopicAdmin, dlq_partitions: int = 1) -> Plan:
+    user_sources = compiled.user_source_topics
+    existing = admin.partitions([*user_sources, *compiled.sink_topics,
+                                 *compiled.repartition_topics,
+                                 *(t for _, t in compiled.changelog_topics.values()),
+                                 compiled.dead_letter_topic])
+    missing = [t for t in user_sources if existing[t] is None]
+    if missing:
+        raise TopologyError(
+            f"source topic(s) {', '.join(missing)} of {compiled.application_id!r} do not exist: "
+            "create them first (streamproc never creates user topics)")
+    missing_sinks = [t for t in compiled.sink_topics if existing[t] is None]
+    if missing_sinks:
+        raise TopologyError(
+            f"sink topic(s) {', '.join(missing_sinks)} of {compiled.application_id!r} do not "
+            "exist: create them first (streamproc never creates user topics)")
+
+    counts: dict[str, int] = {t: n for t, n in existing.items() if n is not None}
+    tasks: dict[int, int] = {}
+    specs: list[TopicSpec] = []
+    for st in compiled.subtopologies:
+        sources: dict[str, int] = {}
+        for topic in st.source_topics:
+            if topic in compiled.repartition_topics:
+                up, _, fixed = compiled.repartition_topics[topic]
+                want = fixed or tasks[up]
+                have = existing.get(topic)
+                if have is not None and have != want:
+                    raise TopologyError(
+                        f"repartition topic {topic!r} has {have} partitions but the topology "
+                        f"needs {want}: delete it (streamproc reset) or set partitions={have}")
+                sources[topic] = want
+                specs.append(TopicSpec(topic, want, REPARTITION_CONFIG))
+            else:
+                sources[topic] = counts[topic]
+        if st.stores and len(set(sources.values())) > 1:
+            detail = ", ".join(f"{t}={n}" for t, n in sources.items())
+            raise TopologyError(
+                f"co-partitioning mismatch in sub-topology {st.id} (stores "
+                f"{', '.join(s.name for s in st.stores)}): its source topics must have the same "
+                f"number of partitions, got {detail}")
+        n = max(sources.values())
+        tasks[st.id] = n
+        counts.update(sources)
+        for spec in st.stores:
+            topic = compiled.changelog_topics[spec.name][1]
+            have = existing.get(topic)
+            if have is not None and have != n:
+                raise TopologyError(
+                    f"changelog topic {topic!r} has {have} partitions but store {spec.name!r} "
+                    f"needs {n} (one per task): the input partition count changed; reset the "
+                    "application to rebuild its state")
+            specs.append(TopicSpec(topic, n, CHANGELOG_CONFIG))
+    specs.append(TopicSpec(compiled.dead_letter_topic,
+                           existing.get(compiled.dead_letter_topic) or dlq_partitions, DLQ_CONFIG))
+    to_create = [s for s in specs if existing.get(s.name) is None]
+    admin.create(to_create)
+    counts.update({s.name: s.partitions for s in specs})
+    return Plan(partitions=tasks, topic_partitions=counts, internal_topics=specs)
+
+
+def needs_colocation(compiled: CompiledTopology) -> bool:
+    """True when a stateful sub-topology reads several topics: their same-numbered partitions
+    must then land on the same instance, which only the (eager) range assignor guarantees."""
+    return any(st.stores and len(st.source_topics) > 1 for st in compiled.subtopologies)

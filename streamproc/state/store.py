@@ -1,0 +1,174 @@
+"""A keyed state store of one task: RocksDB behind a per-checkpoint write-back cache.
+
+Reads go through the cache to RocksDB; writes stay in the cache until the checkpoint. At the
+barrier :meth:`prepare` encodes each dirty key once (for the changelog); only after the Kafka
+commit succeeds does :meth:`commit` write them to RocksDB in one atomic WriteBatch together with
+the changelog offset they reflect. So RocksDB always holds a committed prefix of the changelog,
+and "RocksDB content == changelog applied up to the stored offset" holds at every instant.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import rocksdict
+import structlog
+
+from streamproc.codecs.base import Codec
+from streamproc.errors import StreamprocError
+
+log = structlog.get_logger(__name__)
+
+_META_CF = "meta"
+_CHANGELOG_OFFSET = b"changelog-next-offset"
+_OFFSET = struct.Struct(">q")
+_MISSING: Any = object()
+_DELETED: Any = object()
+
+
+class StoreCorrupted(StreamprocError):
+    pass
+
+
+class KeyValueStore:
+    """State of one store for one partition: ``{state_dir}/{app}/{store}/{partition}``."""
+
+    def __init__(self, name: str, partition: int, path: Path, codec: Codec,
+                 *, cache_max_keys: int = 200_000) -> None:
+        self.name = name
+        self.partition = partition
+        self.path = path
+        self.codec = codec
+        self._cache_max_keys = cache_max_keys
+        self._cache: dict[bytes, Any] = {}
+        self._dirty: set[bytes] = set()
+        self._db: rocksdict.Rdict | None = None
+        self._meta_handle: Any = None
+        self._meta: rocksdict.Rdict | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def open(self) -> bool:
+        """Open (or create) the database. A corrupt database is wiped, to be rebuilt from the
+        changelog; returns True when that happened."""
+        try:
+            self._open_db()
+            return False
+        except Exception as exc:
+            # RocksDB raises plain Exceptions; only corruption-like failures are recoverable by a
+            # rebuild. A lock held by another process is a configuration error, not corruption.
+            if "lock" in str(exc).lower():
+                raise StreamprocError(
+                    f"state store {self.path} is locked by another process: two instances "
+                    "share one state dir; give each its own STREAMPROC_STATE_DIR") from exc
+            log.warning("state.store_corrupt_wiped", store=self.name, partition=self.partition,
+                        path=str(self.path), error=str(exc))
+            self.wipe()
+            self._open_db()
+            return True
+
+    def _open_db(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        self._db = rocksdict.Rdict(str(self.path), options=opts,
+                                   column_families={_META_CF: rocksdict.Options(raw_mode=True)})
+        self._meta_handle = self._db.get_column_family_handle(_META_CF)
+        self._meta = self._db.get_column_family(_META_CF)
+
+    def wipe(self) -> None:
+        """Delete the local database entirely (it is rebuilt from the changelog)."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._dirty.clear()
+        if self._db is not None:
+            # Column-family handles keep the DB alive (and its LOCK held); drop them first.
+            self._meta_handle = None
+            self._meta = None
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> rocksdict.Rdict:
+        if self._db is None:
+            raise StreamprocError(f"store {self.name}[{self.partition}] is not open")
+        return self._db
+
+    # -- the changelog offset ------------------------------------------------------------
+    @property
+    def changelog_offset(self) -> int:
+        """The next changelog offset to restore from (0 when nothing was ever restored)."""
+        assert self._meta is not None
+        raw = self._meta.get(_CHANGELOG_OFFSET)
+        return 0 if raw is None else int(_OFFSET.unpack(raw)[0])
+
+    # -- record access (the hot path) -----------------------------------------------------
+    def get(self, key: bytes, default: Any = None) -> Any:
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            raw = self.db.get(key)
+            value = _DELETED if raw is None else self.codec.decode(raw)
+            self._cache[key] = value
+        return default if value is _DELETED else value
+
+    def put(self, key: bytes, value: Any) -> None:
+        self._cache[key] = value
+        self._dirty.add(key)
+
+    def delete(self, key: bytes) -> None:
+        self._cache[key] = _DELETED
+        self._dirty.add(key)
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    # -- checkpoint ------------------------------------------------------------------------
+    def prepare(self) -> list[tuple[bytes, bytes | None]]:
+        """Encode every key changed since the last checkpoint, once: the changelog records and,
+        after the commit, the RocksDB batch. ``None`` is a deletion (a changelog tombstone)."""
+        cache = self._cache
+        encode = self.codec.encode
+        out: list[tuple[bytes, bytes | None]] = []
+        for key in self._dirty:
+            value = cache[key]
+            out.append((key, None if value is _DELETED else encode(value)))
+        return out
+
+    def commit(self, changes: list[tuple[bytes, bytes | None]], changelog_next: int | None) -> None:
+        """Write committed changes and the changelog offset they reflect in one atomic batch."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, raw in changes:
+            if raw is None:
+                batch.delete(key)
+            else:
+                batch.put(key, raw)
+        if changelog_next is not None:
+            batch.put(_CHANGELOG_OFFSET, _OFFSET.pack(changelog_next), self._meta_handle)
+        self.db.write(batch)
+        self._dirty.clear()
+        if len(self._cache) > self._cache_max_keys:
+            self._cache.clear()
+
+    def discard(self) -> None:
+        """Forget uncommitted changes (after an abort): RocksDB still holds the last commit."""
+        self._cache.clear()
+        self._dirty.clear()
+
+    # -- restore ---------------------------------------------------------------------------
+    def apply_changelog(self, records: list[tuple[bytes, bytes | None]], next_offset: int) -> None:
+        """Apply a batch of changelog records (many per WriteBatch, never one each)."""
+        self.commit(records, next_offset)
+
+    def items(self) -> Iterator[tuple[bytes, Any]]:
+        """Committed content, decoded (for tests and state inspection)."""
+        for key, raw in self.db.items():
+            assert isinstance(key, bytes)  # raw mode
+            yield key, self.codec.decode(raw)
