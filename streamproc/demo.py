@@ -47,7 +47,9 @@ def run_demo(settings: Settings, *, lines: int) -> int:
     app = Application(topology, settings, bootstrap=bootstrap)
     runner = threading.Thread(target=app.run, name="wordcount", daemon=True)
     runner.start()
-    ok = io.wait_committed(bootstrap, topology.application_id, "text-lines", timeout_s=300)
+    # Upstream first: the repartition topic only stops growing once text-lines is done.
+    ok = io.wait_processed(bootstrap, topology.application_id, app.compiled.topic_subtopology,
+                           timeout_s=300)
     app.stop()
     runner.join(60)
     if not ok:

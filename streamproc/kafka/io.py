@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.types import Headers
@@ -103,13 +103,45 @@ def read_all(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
     return out
 
 
-def wait_committed(bootstrap: str, group: str, topic: str, timeout_s: float = 60.0) -> bool:
-    """Wait until ``group`` has committed the end offset of every partition of ``topic``."""
+def pending_records(bootstrap: str, group: str, topic: str, timeout_s: float = 30.0) -> int:
+    """Records of ``topic`` visible to read_committed readers past ``group``'s committed offsets.
+
+    Offsets alone cannot tell: under exactly-once the log ends in transaction markers, so a
+    fully processed partition has committed offset < end offset.
+    """
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    try:
+        parts = c.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        committed = c.committed([KafkaTopicPartition(topic, p) for p in parts], timeout_s)
+        c.assign([KafkaTopicPartition(topic, tp.partition,
+                                      tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                  for tp in committed])
+        pending, count = set(parts), 0
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for m in c.consume(10_000, 0.5):
+                err = m.error()
+                if err is None:
+                    count += 1
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition())
+        if pending:
+            raise TimeoutError(f"{topic}: no end reached for partitions {sorted(pending)}")
+        return count
+    finally:
+        c.close()
+
+
+def wait_processed(bootstrap: str, group: str, topics: Iterable[str],
+                   timeout_s: float = 60.0) -> bool:
+    """Wait until ``group`` has committed everything in ``topics`` (list them upstream first:
+    a repartition topic only stops growing once its upstream is done)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ends = end_offsets(bootstrap, topic)
-        done = committed_offsets(bootstrap, group, topic)
-        if all(done.get(p, -1) >= e for p, e in ends.items()):
-            return True
-        time.sleep(0.3)
-    return False
+    for topic in topics:
+        while pending_records(bootstrap, group, topic) > 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.3)
+    return True

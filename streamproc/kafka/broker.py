@@ -1,0 +1,825 @@
+"""A real single-node Apache Kafka broker (KRaft, combined mode) on 127.0.0.1.
+
+Used for local development (``streamproc broker start``) and for the integration
+tests: exactly-once processing can only be trusted when it is tested against the
+real transaction coordinator, so no mock or embedded fake is used.
+
+The broker's jars come from Maven Central (resolved once with ``mvn`` into a
+cache under :func:`default_home`) or from an unpacked Kafka distribution named
+by ``$KAFKA_HOME``. Everything the broker writes (config, data, logs, pid) lives
+in one ``data_dir`` so several brokers can coexist and ``rm -rf`` cleans up.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+__all__ = [
+    "KAFKA_VERSION",
+    "BrokerError",
+    "LocalBroker",
+    "default_home",
+    "resolve_classpath",
+    "start",
+    "status",
+    "stop",
+]
+
+# 4.4.0 is only partly published on Maven Central (kafka-tools-api is missing),
+# so the newest release whose full dependency tree resolves is used.
+KAFKA_VERSION = "4.3.1"
+
+log = structlog.get_logger(__name__)
+
+_STATE_FILE = "broker.json"
+_LOCK_FILE = ".broker.lock"
+_SERVER_PROPERTIES = "server.properties"
+_LOG4J_CONFIG = "log4j2.xml"
+_BROKER_LOG = "broker.log"
+# stdout/stderr of the JVM: log4j owns broker.log, but JVM-level failures
+# (bad flags, UnsupportedClassVersionError, OOM) are only ever printed here.
+_BROKER_OUT = "broker.out"
+_CLUSTER_ID_FILE = "cluster.id"
+_LOG_DIR = "kafka-data"
+_LIBS_MARKER = ".libs-complete"
+_DEFAULT_HEAP = ("-Xmx1g", "-Xms256m")
+# A fixed id (rather than a random one per probe) keeps the transaction state
+# log from accumulating one entry per broker start.
+_PROBE_TRANSACTIONAL_ID = "streamproc-broker-readiness-probe"
+_PROBE_GROUP_ID = "streamproc-broker-readiness-probe"
+_MVN_TIMEOUT_S = 1800.0
+_FORMAT_TIMEOUT_S = 120.0
+_LAUNCH_ATTEMPTS_AUTO_PORT = 3
+_TAIL_LINES = 40
+
+# Children started by this process. Keeping the Popen objects lets us reap them
+# (a zombie still answers os.kill(pid, 0), which would make stop() wait for the
+# full timeout) and avoids Popen.__del__'s "subprocess still running" warning.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be provisioned, started or stopped.
+
+    The message always names what to fix (install Java, free a port, ...) and,
+    when the broker process itself failed, ends with the tail of its logs.
+    """
+
+
+@dataclass(frozen=True)
+class LocalBroker:
+    """A running local broker, as recorded in ``data_dir/broker.json``."""
+
+    bootstrap: str
+    data_dir: Path
+    pid: int
+
+
+def default_home() -> Path:
+    """Root for streamproc's local caches: ``$STREAMPROC_HOME`` or ``~/.cache/streamproc``."""
+    env = os.environ.get("STREAMPROC_HOME", "").strip()
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".cache" / "streamproc"
+
+
+# --------------------------------------------------------------------------- classpath
+
+
+def resolve_classpath(cache_dir: Path | None = None) -> str:
+    """Return a java ``-cp`` value for running Kafka ``KAFKA_VERSION``.
+
+    ``$KAFKA_HOME`` (an unpacked Kafka distribution) wins when set, so machines
+    without access to Maven Central can still run the broker. Otherwise the jars
+    are copied by Maven into ``{cache_dir}/kafka-{KAFKA_VERSION}/libs`` on first
+    use; ``cache_dir`` defaults to :func:`default_home`. That first resolution
+    can take minutes on a cold ``~/.m2``; later calls only check a marker file.
+    """
+    kafka_home = os.environ.get("KAFKA_HOME", "").strip()
+    if kafka_home:
+        libs = Path(kafka_home).expanduser() / "libs"
+        if not libs.is_dir() or not any(libs.glob("kafka_*.jar")):
+            raise BrokerError(
+                f"KAFKA_HOME={kafka_home} does not contain libs/kafka_*.jar; point it at an "
+                "unpacked Apache Kafka distribution, or unset it to download Kafka "
+                f"{KAFKA_VERSION} with Maven"
+            )
+        return f"{libs.absolute()}/*"
+
+    target = (cache_dir if cache_dir is not None else default_home()) / f"kafka-{KAFKA_VERSION}"
+    libs = target / "libs"
+    marker = target / _LIBS_MARKER
+    if marker.is_file() and libs.is_dir():
+        return f"{libs.absolute()}/*"
+
+    target.mkdir(parents=True, exist_ok=True)
+    # Several test workers may start at once; only one of them should download.
+    with _file_lock(target / ".lock"):
+        if marker.is_file() and libs.is_dir():
+            return f"{libs.absolute()}/*"
+        _download_jars(target, libs, marker)
+    return f"{libs.absolute()}/*"
+
+
+def _download_jars(target: Path, libs: Path, marker: Path) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            "Maven ('mvn') not found on PATH; it is needed once to download Kafka "
+            f"{KAFKA_VERSION} jars from Maven Central. Install Maven (e.g. "
+            "'apt-get install maven') or set KAFKA_HOME to an unpacked Kafka distribution"
+        )
+    log.info("kafka.classpath.resolving", kafka_version=KAFKA_VERSION, libs=str(libs))
+    started = time.monotonic()
+    # Leftovers of a download that was killed; safe to delete under the lock.
+    for stale in target.glob("libs-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    # Copy into a scratch dir and rename at the end, so an interrupted download
+    # never leaves a half-filled libs/ that looks usable.
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=target))
+    try:
+        pom = staging / "pom.xml"
+        pom.write_bytes(resources.files("streamproc.kafka").joinpath("broker-pom.xml").read_bytes())
+        jars = staging / "jars"
+        cmd = [
+            mvn, "-B", "-q", "-f", str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={jars}",
+            "-DincludeScope=runtime",
+            f"-Dkafka.version={KAFKA_VERSION}",
+        ]
+        try:
+            proc = subprocess.run(
+                cmd, cwd=staging, stdin=subprocess.DEVNULL, capture_output=True,
+                timeout=_MVN_TIMEOUT_S, check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError(
+                f"mvn did not finish resolving Kafka {KAFKA_VERSION} within "
+                f"{_MVN_TIMEOUT_S:.0f}s; check network access to Maven Central "
+                "(proxy settings in ~/.m2/settings.xml) or set KAFKA_HOME"
+            ) from exc
+        if proc.returncode != 0:
+            output = (proc.stdout + proc.stderr).decode(errors="replace")
+            raise BrokerError(
+                f"mvn failed (exit {proc.returncode}) resolving Kafka {KAFKA_VERSION} from "
+                "Maven Central; check network/proxy access (~/.m2/settings.xml) or set "
+                f"KAFKA_HOME. mvn output:\n{_tail_text(output, _TAIL_LINES)}"
+            )
+        if not (jars / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
+            raise BrokerError(
+                f"mvn succeeded but {jars} has no kafka_2.13-{KAFKA_VERSION}.jar; "
+                "the packaged broker-pom.xml is inconsistent with KAFKA_VERSION"
+            )
+        if libs.exists():
+            shutil.rmtree(libs)
+        jars.rename(libs)
+        count = sum(1 for _ in libs.glob("*.jar"))
+        marker.write_text(json.dumps({"kafka_version": KAFKA_VERSION, "jars": count}) + "\n")
+        log.info(
+            "kafka.classpath.resolved", jars=count, libs=str(libs),
+            seconds=round(time.monotonic() - started, 1),
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def start(
+    data_dir: Path | None = None, port: int | None = None, timeout_s: float = 90.0
+) -> LocalBroker:
+    """Start (or find) the broker that owns ``data_dir`` and wait until it is usable.
+
+    "Usable" means metadata requests succeed *and* a transactional producer can
+    ``init_transactions()`` and the group coordinator answers: the coordinators
+    load their internal topics after the broker starts serving metadata, and a
+    test that races them fails with COORDINATOR_NOT_AVAILABLE timeouts.
+
+    Idempotent: if the broker recorded in ``data_dir`` is alive it is returned
+    (after waiting for it to become ready). ``port=None`` reuses the previous
+    port when it is still free, else picks a free one. ``timeout_s`` bounds the
+    launch and readiness wait, not the one-time jar download.
+    """
+    data_dir = _resolve_data_dir(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with _file_lock(data_dir / _LOCK_FILE):
+        existing = _read_state(data_dir)
+        if existing is not None and _is_running_broker(existing.pid, data_dir):
+            recorded_port = _port_of(existing.bootstrap)
+            if port is not None and port != recorded_port:
+                raise BrokerError(
+                    f"a broker for {data_dir} is already running on {existing.bootstrap} "
+                    f"(pid {existing.pid}); stop it first to move it to port {port}"
+                )
+            _wait_ready(existing, time.monotonic() + timeout_s)
+            log.info("kafka.broker.already_running", bootstrap=existing.bootstrap,
+                     pid=existing.pid)
+            return existing
+        if existing is not None:
+            # Recorded broker is gone (crash, reboot, kill -9): forget its pid.
+            _forget_pid(data_dir)
+
+        java = _find_java()
+        classpath = resolve_classpath()
+        previous = _read_raw_state(data_dir)
+        attempts = 1 if port is not None else _LAUNCH_ATTEMPTS_AUTO_PORT
+        for attempt in range(1, attempts + 1):
+            broker_port, controller_port = _choose_ports(port, previous)
+            try:
+                return _launch(java, classpath, data_dir, broker_port, controller_port,
+                               timeout_s=timeout_s)
+            except _PortRaceError as exc:
+                if attempt == attempts:
+                    raise BrokerError(
+                        f"the broker could not bind 127.0.0.1:{broker_port} or "
+                        f"127.0.0.1:{controller_port} (address already in use); free the "
+                        f"port or pass port=None. {exc}"
+                    ) from exc
+                # An auto-picked port was taken between our probe and the JVM's
+                # bind (parallel test runs); pick fresh ports and try again.
+                log.warning("kafka.broker.port_race", attempt=attempt,
+                            port=broker_port, controller_port=controller_port)
+                previous = {}
+        raise AssertionError("unreachable: the loop returns or raises")
+
+
+def stop(data_dir: Path | None = None, timeout_s: float = 30.0) -> bool:
+    """Stop the broker of ``data_dir``: SIGTERM, wait, then SIGKILL.
+
+    SIGTERM first so Kafka can close its logs cleanly (a clean shutdown avoids
+    log recovery on the next start). Returns True if a process was stopped.
+    """
+    data_dir = _resolve_data_dir(data_dir)
+    if not data_dir.is_dir():
+        return False
+    with _file_lock(data_dir / _LOCK_FILE):
+        state = _read_state(data_dir)
+        if state is None:
+            return False
+        if not _is_running_broker(state.pid, data_dir):
+            _forget_pid(data_dir)
+            return False
+        log.info("kafka.broker.stopping", pid=state.pid, bootstrap=state.bootstrap)
+        _terminate(state.pid, timeout_s)
+        _forget_pid(data_dir)
+        return True
+
+
+def status(data_dir: Path | None = None) -> LocalBroker | None:
+    """The broker of ``data_dir`` if its process is alive and answers metadata requests."""
+    data_dir = _resolve_data_dir(data_dir)
+    state = _read_state(data_dir)
+    if state is None or not _is_running_broker(state.pid, data_dir):
+        return None
+    if not _metadata_answers(state.bootstrap, timeout_s=5.0):
+        return None
+    return state
+
+
+# --------------------------------------------------------------------------- launch
+
+
+class _PortRaceError(BrokerError):
+    """The JVM could not bind a port that looked free when we picked it."""
+
+
+def _launch(
+    java: str, classpath: str, data_dir: Path, broker_port: int, controller_port: int,
+    *, timeout_s: float,
+) -> LocalBroker:
+    deadline = time.monotonic() + timeout_s
+    server_properties = data_dir / _SERVER_PROPERTIES
+    server_properties.write_text(_server_properties(data_dir, broker_port, controller_port))
+    log4j_config = data_dir / _LOG4J_CONFIG
+    log4j_config.write_text(_log4j2_xml(data_dir / _BROKER_LOG))
+    _format_storage_once(java, classpath, data_dir, server_properties)
+
+    cmd = [
+        java, *_heap_options(),
+        # GC flags as in Kafka's kafka-run-class.sh: short pauses keep request
+        # latency (and thus test timing) predictable.
+        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+        "-XX:+ExplicitGCInvokesConcurrent",
+        # A broker that ran out of memory must die visibly, not limp along.
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j_config}",
+        f"-Dkafka.logs.dir={data_dir}",
+        "-cp", classpath,
+        "kafka.Kafka", str(server_properties),
+    ]
+    bootstrap = f"127.0.0.1:{broker_port}"
+    log.info("kafka.broker.starting", bootstrap=bootstrap, data_dir=str(data_dir),
+             kafka_version=KAFKA_VERSION)
+    started = time.monotonic()
+    # Error reports quote only what this launch logged, not earlier runs (or
+    # the format step) that share broker.log.
+    log_offset = _file_size(data_dir / _BROKER_LOG)
+    with (data_dir / _BROKER_OUT).open("wb") as out:
+        # Own session: the broker must outlive the CLI invocation that started
+        # it and must not receive the terminal's Ctrl-C meant for that CLI.
+        proc = subprocess.Popen(
+            cmd, cwd=data_dir, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    broker = LocalBroker(bootstrap=bootstrap, data_dir=data_dir, pid=proc.pid)
+    _write_state(data_dir, {
+        "pid": proc.pid,
+        "bootstrap": bootstrap,
+        "port": broker_port,
+        "controller_port": controller_port,
+        "kafka_version": KAFKA_VERSION,
+        "started_at": datetime.now(tz=UTC).isoformat(),
+    })
+    try:
+        _wait_ready(broker, deadline, log_offset)
+    except BrokerError as exc:
+        _terminate(proc.pid, 10.0)
+        _forget_pid(data_dir)
+        if _log_shows_bind_failure(data_dir, log_offset):
+            raise _PortRaceError(str(exc)) from exc
+        raise
+    log.info("kafka.broker.started", bootstrap=bootstrap, pid=proc.pid,
+             seconds=round(time.monotonic() - started, 1))
+    return broker
+
+
+def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -> str:
+    settings: list[tuple[str, str]] = [
+        ("process.roles", "broker,controller"),
+        ("node.id", "1"),
+        # Loopback only: this broker has no authentication.
+        ("listeners",
+         f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"),
+        ("advertised.listeners", f"PLAINTEXT://127.0.0.1:{broker_port}"),
+        ("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"),
+        ("inter.broker.listener.name", "PLAINTEXT"),
+        ("controller.listener.names", "CONTROLLER"),
+        # Static quorum: the voter set comes from config on every start, so the
+        # controller port may change between restarts without reformatting.
+        ("controller.quorum.voters", f"1@127.0.0.1:{controller_port}"),
+        ("log.dirs", str(data_dir / _LOG_DIR)),
+        # Internal topics must fit a single node.
+        ("offsets.topic.replication.factor", "1"),
+        # Default is 50; each partition is loaded by the group coordinator at
+        # startup, and 4 keeps the first consumer group join fast.
+        ("offsets.topic.num.partitions", "4"),
+        ("transaction.state.log.replication.factor", "1"),
+        ("transaction.state.log.min.isr", "1"),
+        # Same reasoning as offsets.topic.num.partitions, for the txn coordinator.
+        ("transaction.state.log.num.partitions", "4"),
+        ("share.coordinator.state.topic.replication.factor", "1"),
+        ("share.coordinator.state.topic.min.isr", "1"),
+        # The 3 s default delays every first rebalance; pointless with one member.
+        ("group.initial.rebalance.delay.ms", "0"),
+        # Topics are created explicitly (as in production); a typo must fail,
+        # not silently create a 1-partition topic.
+        ("auto.create.topics.enable", "false"),
+        ("num.partitions", "1"),
+        ("default.replication.factor", "1"),
+        ("min.insync.replicas", "1"),
+    ]
+    header = (
+        f"# Written by streamproc.kafka.broker for Kafka {KAFKA_VERSION}; "
+        "regenerated on every start.\n"
+    )
+    return header + "".join(f"{key}={value}\n" for key, value in settings)
+
+
+def _log4j2_xml(log_file: Path) -> str:
+    # shutdownHook="disable": log4j's own hook would otherwise stop logging
+    # before Kafka's shutdown hook runs, losing exactly the shutdown messages
+    # one needs when a stop misbehaves. immediateFlush keeps the file complete.
+    # kafka.request.logger logs every request at DEBUG/TRACE; keep it quiet.
+    name = str(log_file).replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="warn" shutdownHook="disable">
+  <Appenders>
+    <RollingFile name="broker" fileName="{name}" filePattern="{name}.%i" immediateFlush="true">
+      <PatternLayout pattern="[%d{{ISO8601}}] %p %m (%c)%n"/>
+      <Policies>
+        <SizeBasedTriggeringPolicy size="20 MB"/>
+      </Policies>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka.request.logger" level="warn"/>
+    <Logger name="kafka.network.RequestChannel$" level="warn"/>
+    <Root level="info">
+      <AppenderRef ref="broker"/>
+    </Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def _format_storage_once(
+    java: str, classpath: str, data_dir: Path, server_properties: Path
+) -> None:
+    if (data_dir / _LOG_DIR / "meta.properties").is_file():
+        return  # already formatted: reformatting would wipe the cluster's metadata
+    cluster_id_file = data_dir / _CLUSTER_ID_FILE
+    if cluster_id_file.is_file():
+        cluster_id = cluster_id_file.read_text().strip()
+    else:
+        cluster_id = _random_cluster_id()
+        cluster_id_file.write_text(cluster_id + "\n")
+    # No --standalone: with controller.quorum.voters set (static quorum) Kafka
+    # refuses it, and the static voter set is what lets the port change.
+    cmd = [
+        # No log4j config: log4j's default (errors to the console) lands in the
+        # captured output, keeping a 300-line config dump out of broker.log.
+        java, "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool",
+        "format", "-t", cluster_id, "-c", str(server_properties),
+    ]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=data_dir, stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=_FORMAT_TIMEOUT_S, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BrokerError(
+            f"kafka-storage format did not finish within {_FORMAT_TIMEOUT_S:.0f}s"
+        ) from exc
+    output = (proc.stdout + proc.stderr).decode(errors="replace")
+    if proc.returncode != 0:
+        raise BrokerError(
+            f"formatting Kafka storage in {data_dir / _LOG_DIR} failed (exit "
+            f"{proc.returncode}){_java_hint(output)}; delete that directory if it is "
+            f"corrupt. Output:\n{_tail_text(output, _TAIL_LINES)}"
+        )
+    log.info("kafka.storage.formatted", cluster_id=cluster_id, log_dir=str(data_dir / _LOG_DIR))
+
+
+def _random_cluster_id() -> str:
+    # Same encoding as Kafka's Uuid.randomUuid().toString() (URL-safe base64 of
+    # 16 random bytes, unpadded), generated here to save a JVM start. Kafka
+    # rejects ids starting with '-' because they look like CLI flags.
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
+def _heap_options() -> list[str]:
+    override = os.environ.get("STREAMPROC_BROKER_HEAP", "").strip()
+    if not override:
+        return list(_DEFAULT_HEAP)
+    # Accept JVM flags ("-Xmx2g -Xms512m", like KAFKA_HEAP_OPTS) or a bare size ("2g").
+    if override.startswith("-"):
+        return shlex.split(override)
+    return [f"-Xmx{override}"]
+
+
+def _find_java() -> str:
+    java_home = os.environ.get("JAVA_HOME", "").strip()
+    if java_home:
+        candidate = Path(java_home) / "bin" / "java"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("java")
+    if found is None:
+        raise BrokerError(
+            f"Java not found (checked $JAVA_HOME/bin/java and PATH); Kafka {KAFKA_VERSION} "
+            "needs Java 17+. Install one (e.g. 'apt-get install openjdk-17-jre-headless') "
+            "or set JAVA_HOME"
+        )
+    return found
+
+
+def _java_hint(output: str) -> str:
+    if "UnsupportedClassVersionError" in output:
+        return f" because Kafka {KAFKA_VERSION} needs Java 17+ (set JAVA_HOME to a newer JDK)"
+    return ""
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def _probe_config(bootstrap: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        # librdkafka backs off reconnects exponentially up to 10 s by default,
+        # which would add seconds to every start while the port is still closed.
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 250,
+        # "Connection refused" is expected while the JVM boots; failures are
+        # reported through timeouts and the broker log tail instead.
+        "log_level": 0,
+    }
+
+
+def _wait_ready(broker: LocalBroker, deadline: float, log_offset: int = 0) -> None:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(_probe_config(broker.bootstrap))
+    while True:
+        _check_alive(broker, log_offset)
+        try:
+            admin.list_topics(timeout=_chunk(deadline, 2.0))
+            break
+        except KafkaException:
+            _check_deadline(broker, deadline, "answer metadata requests", log_offset)
+    _wait_transactions_ready(broker, deadline, log_offset)
+    _wait_group_coordinator_ready(admin, broker, deadline, log_offset)
+
+
+def _wait_transactions_ready(broker: LocalBroker, deadline: float, log_offset: int) -> None:
+    from confluent_kafka import KafkaException, Producer
+
+    config = _probe_config(broker.bootstrap)
+    config["transactional.id"] = _PROBE_TRANSACTIONAL_ID
+    producer: Any = None
+    while True:
+        _check_alive(broker, log_offset)
+        if producer is None:
+            producer = Producer(config)
+        try:
+            # Creates __transaction_state on first use and waits for its load.
+            producer.init_transactions(_chunk(deadline, 5.0))
+            break
+        except KafkaException as exc:
+            # A timed-out init_transactions may be retried on the same producer;
+            # anything fatal needs a fresh one.
+            if exc.args and getattr(exc.args[0], "fatal", lambda: False)():
+                producer = None
+            _check_deadline(broker, deadline, "initialise transactions", log_offset)
+    producer.flush(0)
+
+
+def _wait_group_coordinator_ready(
+    admin: Any, broker: LocalBroker, deadline: float, log_offset: int
+) -> None:
+    from confluent_kafka import KafkaException
+
+    # Describing a (non-existent) group makes the broker create
+    # __consumer_offsets and load it, so the first real consumer group and
+    # send_offsets_to_transaction() don't pay for that.
+    while True:
+        _check_alive(broker, log_offset)
+        futures = admin.describe_consumer_groups(
+            [_PROBE_GROUP_ID], request_timeout=_chunk(deadline, 5.0)
+        )
+        try:
+            futures[_PROBE_GROUP_ID].result()
+            return
+        except KafkaException:
+            _check_deadline(broker, deadline, "serve consumer groups", log_offset)
+
+
+def _metadata_answers(bootstrap: str, timeout_s: float) -> bool:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient(_probe_config(bootstrap)).list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return True
+
+
+def _chunk(deadline: float, step_s: float) -> float:
+    return max(0.1, min(step_s, deadline - time.monotonic()))
+
+
+def _check_alive(broker: LocalBroker, log_offset: int) -> None:
+    if _pid_alive(broker.pid):
+        return
+    code = ""
+    child = _CHILDREN.get(broker.pid)
+    if child is not None and child.returncode is not None:
+        code = f" with code {child.returncode}"
+    raise BrokerError(
+        f"Kafka broker (pid {broker.pid}) exited{code} during startup"
+        f"{_java_hint(_read_tail(broker.data_dir / _BROKER_OUT, _TAIL_LINES))}."
+        f"{_log_tails(broker.data_dir, log_offset)}"
+    )
+
+
+def _check_deadline(broker: LocalBroker, deadline: float, what: str, log_offset: int) -> None:
+    if time.monotonic() < deadline:
+        time.sleep(0.1)
+        return
+    raise BrokerError(
+        f"Kafka broker {broker.bootstrap} (pid {broker.pid}) did not {what} before the "
+        "timeout; a slow machine may need a larger timeout_s."
+        f"{_log_tails(broker.data_dir, log_offset)}"
+    )
+
+
+def _log_tails(data_dir: Path, log_offset: int) -> str:
+    # broker.out first: when the JVM itself fails, that is where the reason is.
+    parts: list[str] = []
+    for name, start in ((_BROKER_OUT, 0), (_BROKER_LOG, log_offset)):
+        tail = _read_tail(data_dir / name, _TAIL_LINES, start)
+        if tail.strip():
+            parts.append(f"\n--- last lines of {data_dir / name} ---\n{tail}")
+    return "".join(parts) if parts else f" ({data_dir / _BROKER_LOG} has no output from this run)"
+
+
+def _log_shows_bind_failure(data_dir: Path, log_offset: int) -> bool:
+    text = (_read_tail(data_dir / _BROKER_LOG, 200, log_offset)
+            + _read_tail(data_dir / _BROKER_OUT, 200))
+    return "Address already in use" in text or "BindException" in text
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _terminate(pid: int, timeout_s: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            _CHILDREN.pop(pid, None)
+            return
+        time.sleep(0.1)
+    log.warning("kafka.broker.kill", pid=pid, reason="no exit after SIGTERM",
+                waited_s=timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    kill_deadline = time.monotonic() + 10.0
+    while _pid_alive(pid) and time.monotonic() < kill_deadline:
+        time.sleep(0.05)
+    _CHILDREN.pop(pid, None)
+
+
+def _pid_alive(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        return child.poll() is None  # poll() also reaps the zombie
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    # An exited child of another process lingers as a zombie until reaped.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _is_running_broker(pid: int, data_dir: Path) -> bool:
+    """Alive *and* still our broker: pids get reused after reboots or crashes."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no procfs (macOS): trust the pid
+    return b"kafka.Kafka" in args and str(data_dir / _SERVER_PROPERTIES).encode() in args
+
+
+# --------------------------------------------------------------------------- state & ports
+
+
+def _resolve_data_dir(data_dir: Path | None) -> Path:
+    chosen = data_dir if data_dir is not None else default_home() / "broker"
+    # Absolute, because the path ends up in server.properties and in the
+    # broker's command line (which _is_running_broker matches against).
+    return chosen.expanduser().resolve()
+
+
+def _read_raw_state(data_dir: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads((data_dir / _STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _read_state(data_dir: Path) -> LocalBroker | None:
+    raw = _read_raw_state(data_dir)
+    pid, bootstrap = raw.get("pid"), raw.get("bootstrap")
+    if not isinstance(pid, int) or not isinstance(bootstrap, str):
+        return None
+    return LocalBroker(bootstrap=bootstrap, data_dir=data_dir, pid=pid)
+
+
+def _write_state(data_dir: Path, state: dict[str, Any]) -> None:
+    tmp = data_dir / f".{_STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, data_dir / _STATE_FILE)  # atomic: readers never see half a file
+
+
+def _forget_pid(data_dir: Path) -> None:
+    # Keep the rest of the record: the next start() reuses its ports.
+    state = _read_raw_state(data_dir)
+    if not state:
+        return
+    state.pop("pid", None)
+    state["stopped_at"] = datetime.now(tz=UTC).isoformat()
+    _write_state(data_dir, state)
+
+
+def _port_of(bootstrap: str) -> int:
+    return int(bootstrap.rsplit(":", 1)[1])
+
+
+def _choose_ports(port: int | None, previous: dict[str, Any]) -> tuple[int, int]:
+    if port is not None:
+        if not _port_free(port):
+            raise BrokerError(
+                f"port {port} on 127.0.0.1 is already in use; stop whatever listens there "
+                "(e.g. 'ss -ltnp') or pass port=None to pick a free one"
+            )
+        broker_port = port
+    else:
+        # Reusing the last port keeps bootstrap strings in users' configs valid
+        # across restarts.
+        last = previous.get("port")
+        broker_port = last if isinstance(last, int) and _port_free(last) else _free_port()
+    last_controller = previous.get("controller_port")
+    if (isinstance(last_controller, int) and last_controller != broker_port
+            and _port_free(last_controller)):
+        controller_port = last_controller
+    else:
+        controller_port = _free_port(exclude=broker_port)
+    return broker_port, controller_port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR like the JVM's server sockets, so TIME_WAIT leftovers of
+        # the previous broker run don't count as "busy".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(exclude: int | None = None) -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port != exclude:
+            return port
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    # flock is released by the kernel if we crash, so a stale lock can't wedge
+    # later runs. Popen(close_fds=True) keeps the broker from inheriting it.
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_tail(path: Path, lines: int, start: int = 0) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            # A rollover since `start` makes the file shorter: read from 0 then.
+            begin = start if start <= size else 0
+            handle.seek(max(begin, size - 64 * 1024))
+            data = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return _tail_text(data, lines)
+
+
+def _tail_text(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
