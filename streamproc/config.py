@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         description="Stable id of this instance (transactional.id suffix); "
         "generated once and kept in the state dir when unset.",
     )
+    static_membership: bool = Field(
+        True, description="Join the group with group.instance.id = {app}-{instance_id}, so a "
+        "restarted instance takes its partitions back without a rebalance.")
     consume_batch_size: int = Field(5000, ge=1, le=100_000)
     poll_timeout_ms: int = Field(100, ge=1, le=10_000)
     session_timeout_ms: int = Field(15_000, ge=3000, le=300_000)

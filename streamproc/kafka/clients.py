@@ -23,9 +23,12 @@ def _check_overrides(extra: dict[str, str], reserved: set[str], setting: str) ->
         raise ConfigError(setting, f"{', '.join(bad)} is managed by streamproc and cannot be set")
 
 
-def consumer_config(settings: Settings, bootstrap: str, group_id: str) -> dict[str, Any]:
+def consumer_config(settings: Settings, bootstrap: str, group_id: str,
+                    instance_id: str) -> dict[str, Any]:
     _check_overrides(settings.consumer_config, _RESERVED_CONSUMER, "consumer_config")
+    static = {"group.instance.id": f"{group_id}-{instance_id}"} if settings.static_membership else {}
     return {
+        **static,
         "bootstrap.servers": bootstrap,
         "client.id": f"{group_id}-consumer",
         "auto.offset.reset": "earliest",

@@ -101,7 +101,7 @@ class Application:
             transactional=self._eos, op_timeout_s=self._op_timeout_s)
         self._collector.init()
         self._collector.begin()
-        cconf = consumer_config(s, self.bootstrap, self.app_id)
+        cconf = consumer_config(s, self.bootstrap, self.app_id, instance)
         if not self._cooperative:
             cconf["partition.assignment.strategy"] = "range"
         if str(cconf.get("auto.offset.reset")) in ("latest", "largest", "end"):

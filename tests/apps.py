@@ -1,0 +1,38 @@
+"""Topologies for tests run as real processes: names come from the environment so that every
+test gets its own application id and topics (``streamproc run tests.apps:wordcount``)."""
+
+from __future__ import annotations
+
+import os
+
+from streamproc import Topology, codecs
+from topologies.wordcount import build
+
+
+def wordcount() -> Topology:
+    return build(os.environ["T_APP"], os.environ["T_IN"], os.environ["T_OUT"])
+
+
+def strict_numbers() -> Topology:
+    """JSON numbers in, doubled out; ``on_error`` from T_POLICY; 13 makes the user code raise."""
+    policy = os.environ.get("T_POLICY", "dead_letter")
+    t = Topology(os.environ["T_APP"])
+
+    (t.source(os.environ["T_IN"], key=codecs.string(), value=codecs.json(),
+              on_error=policy)  # type: ignore[arg-type]
+     .filter(is_int)
+     .map(double)
+     .to(os.environ["T_OUT"], value=codecs.json()))
+    return t
+
+
+def is_int(v: object) -> bool:
+    if not isinstance(v, int):
+        raise TypeError(f"expected an int, got {type(v).__name__}")
+    return True
+
+
+def double(v: int) -> int:
+    if v == 13:
+        raise ValueError("unlucky number")
+    return v * 2

@@ -1,0 +1,99 @@
+"""Running applications for tests: in a thread (fast, same process) or as a real process that
+can be SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from streamproc import Topology
+from streamproc.config import load_settings
+from streamproc.kafka.admin import TopicAdmin, TopicSpec
+from streamproc.runtime.app import Application
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
+    TopicAdmin(bootstrap).create([TopicSpec(name, n) for name, n in specs])
+
+
+# Fast checkpoints and a short session so tests spend their time on behaviour, not timeouts.
+TEST_SETTINGS: dict[str, Any] = {"commit_interval_ms": 200, "session_timeout_ms": 6000,
+                                 "log_level": "warning"}
+
+
+@contextmanager
+def running(topology: Topology, bootstrap: str, state_dir: Path,
+            **settings: Any) -> Iterator[Application]:
+    """Run an application in a background thread; stop it (final checkpoint) on exit."""
+    app = Application(topology, load_settings(**{**TEST_SETTINGS, "state_dir": state_dir,
+                                                 **settings}), bootstrap=bootstrap)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(app.run()), daemon=True)
+    thread.start()
+    try:
+        yield app
+    finally:
+        app.stop()
+        thread.join(60)
+        assert not thread.is_alive(), "application did not stop within 60 s"
+    assert result == [0], f"application exited with {result}"
+
+
+class AppProcess:
+    """``streamproc run <spec>`` as a child process, output to a log file."""
+
+    def __init__(self, spec: str, bootstrap: str, state_dir: Path, log_path: Path,
+                 env: dict[str, str], **settings: Any) -> None:
+        self.spec = spec
+        self.log_path = log_path
+        self.env = {**os.environ, **env, "STREAMPROC_BROKERS": bootstrap,
+                    "STREAMPROC_STATE_DIR": str(state_dir), "STREAMPROC_LOG_FORMAT": "json",
+                    "PYTHONPATH": str(ROOT)}
+        for k, v in {**TEST_SETTINGS, "log_level": "info", **settings}.items():
+            self.env[f"STREAMPROC_{k.upper()}"] = str(v)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, **extra_env: str) -> AppProcess:
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {time.time():.3f} {extra_env}\n".encode())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamproc.cli", "run", self.spec], cwd=ROOT,
+            env={**self.env, **extra_env}, stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT)
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def wait(self, timeout_s: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")

@@ -1,0 +1,91 @@
+"""kill -9 the real process, repeatedly, at random moments and at named points; restart it each
+time; a read_committed consumer must see every input word's effect exactly once."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streamproc.kafka import io
+from tests.harness import AppProcess, create_topics, unique
+from tests.integration.wordcount_check import (
+    assert_exactly_once,
+    expected_counts,
+    make_lines,
+    store_contents,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.crash]
+
+
+def _feed(bootstrap: str, topic: str, lines: list[str], seconds: float) -> threading.Thread:
+    """Produce ``lines`` spread over ``seconds`` so that kills land mid-processing."""
+    chunks = 30
+    size = -(-len(lines) // chunks)
+
+    def run() -> None:
+        for i in range(0, len(lines), size):
+            io.produce(bootstrap, topic, ((None, ln.encode()) for ln in lines[i:i + size]))
+            time.sleep(seconds / chunks)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _finish_and_verify(app: AppProcess, kafka: str, app_id: str, src: str, sink: str,
+                       lines: list[str], state_dir: Path, partitions: int) -> None:
+    app.start()
+    topics = [src, f"{app_id}-words-repartition"]
+    assert io.wait_processed(kafka, app_id, topics, timeout_s=120), app.log_text()[-3000:]
+    assert app.terminate() == 0
+    assert_exactly_once(kafka, sink, lines)
+    assert io.read_all(kafka, f"{app_id}-dlq") == []
+    assert store_contents(state_dir, app_id, "counts", partitions) == dict(expected_counts(lines))
+
+
+def test_kill9_at_random_moments(kafka: str, tmp_path: Path) -> None:
+    app_id, src, sink = unique("crash"), unique("lines"), unique("counts")
+    create_topics(kafka, (src, 3), (sink, 3))
+    lines = make_lines(3000, seed=11)
+    app = AppProcess("tests.apps:wordcount", kafka, tmp_path / "state", tmp_path / "app.log",
+                     {"T_APP": app_id, "T_IN": src, "T_OUT": sink},
+                     consume_batch_size=200)
+    rng = random.Random(1234)
+    feeder = _feed(kafka, src, lines, seconds=20)
+    kills = 0
+    while feeder.is_alive() or kills < 6:
+        app.start()
+        time.sleep(rng.uniform(2.0, 4.5))
+        assert app.alive, app.log_text()[-3000:]
+        app.kill9()
+        kills += 1
+    feeder.join()
+    _finish_and_verify(app, kafka, app_id, src, sink, lines, tmp_path / "state", 3)
+    assert kills >= 6
+
+
+@pytest.mark.parametrize("point", ["before_commit", "after_commit", "after_process"])
+def test_kill9_at_named_points(kafka: str, tmp_path: Path, point: str) -> None:
+    """``before_commit``: offsets sent, transaction not committed -> everything aborted.
+    ``after_commit``: Kafka committed, RocksDB not yet written -> restore from the changelog.
+    ``after_process``: mid-interval, output produced but uncommitted -> aborted."""
+    app_id, src, sink = unique("crash"), unique("lines"), unique("counts")
+    create_topics(kafka, (src, 2), (sink, 2))
+    lines = make_lines(1500, seed=21)
+    app = AppProcess("tests.apps:wordcount", kafka, tmp_path / "state", tmp_path / "app.log",
+                     {"T_APP": app_id, "T_IN": src, "T_OUT": sink}, consume_batch_size=100)
+    feeder = _feed(kafka, src, lines, seconds=8)
+    crashes = 0
+    for nth in (2, 3, 2, 4):
+        app.start(STREAMPROC_TEST_CRASH_AT=point, STREAMPROC_TEST_CRASH_AFTER=str(nth))
+        code = app.wait(90)
+        assert code == -9, f"expected a SIGKILL at {point}, got {code}\n{app.log_text()[-3000:]}"
+        crashes += 1
+    feeder.join()
+    _finish_and_verify(app, kafka, app_id, src, sink, lines, tmp_path / "state", 2)
+    assert crashes == 4
