@@ -6,12 +6,13 @@ its environment variable and its CLI flag.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streamproc.errors import ConfigError
 from streamproc.types import ProcessingGuarantee
@@ -55,6 +56,13 @@ class Settings(BaseSettings):
         default_factory=dict, description="Extra librdkafka producer settings (JSON in env)."
     )
 
+    @field_validator("brokers")
+    @classmethod
+    def _brokers_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.transaction_timeout_ms <= self.commit_interval_ms:
@@ -62,8 +70,6 @@ class Settings(BaseSettings):
                 "transaction_timeout_ms must be larger than commit_interval_ms, or every "
                 "transaction would time out before its checkpoint"
             )
-        if self.brokers is not None and not self.brokers.strip():
-            raise ValueError("brokers must not be empty")
         return self
 
 
@@ -83,6 +89,12 @@ def load_settings(**overrides: Any) -> Settings:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)
+    except SettingsError as exc:
+        # An environment value that cannot even be parsed (e.g. invalid JSON for a dict).
+        match = re.search(r'field "(\w+)"', str(exc))
+        setting = match.group(1) if match else "settings"
+        raise ConfigError(f"{setting} (env {env_for(setting)}, flag {flag_for(setting)})",
+                          f"cannot parse the value: {exc}") from None
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
         loc = [str(p) for p in err["loc"]]

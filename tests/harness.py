@@ -71,10 +71,10 @@ class AppProcess:
     def start(self, **extra_env: str) -> AppProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {time.time():.3f} {extra_env}\n".encode())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamproc.cli", "run", self.spec], cwd=ROOT,
-            env={**self.env, **extra_env}, stdout=open(self.log_path, "ab"),
-            stderr=subprocess.STDOUT)
+        with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streamproc.cli", "run", self.spec], cwd=ROOT,
+                env={**self.env, **extra_env}, stdout=out, stderr=subprocess.STDOUT)
         return self
 
     def kill9(self) -> None:

@@ -77,18 +77,19 @@ class Stream:
 
     def process(
         self, fn: Callable[..., None], *, store: str | None = None,
-        state: Codec | None = None, name: str | None = None,
+        state: Codec | None = None, key: Codec | None = None, name: str | None = None,
     ) -> Stream:
         """Run ``fn(ctx, key, value)`` per record; it emits with ``ctx.emit(value, key=...)``.
 
         With ``store``, ``ctx.state`` reads and writes the state of the record's key (changes
         apply only if ``fn`` returns normally) and the stream is repartitioned first if its key
-        changed. Emitting a new key marks the output as needing a repartition.
+        changed. Emitting a new key marks the output as needing a repartition; ``key`` is the
+        codec of emitted keys (default: the input's key codec).
         """
-        src = self._keyed(name or store) if store else self
+        src = self._keyed(store) if store else self
         spec = StoreSpec(store, state or JsonCodec()) if store else None
         node = ProcessNode(src._name("process", name), fn=fn, store=spec)
-        return src._then(node, key_changed=True, key_codec=src._key_codec or JsonCodec())
+        return src._then(node, key_changed=True, key_codec=key or src._key_codec or JsonCodec())
 
     def branch(
         self, predicates: Mapping[str, Callable[[Any], bool]], *,
@@ -105,7 +106,7 @@ class Stream:
                            otherwise=otherwise)
         base = self._then(bnode)
         return {
-            arm: base._then(ArmNode(f"{bnode.name}.{arm}", index=i))
+            arm: base._then(ArmNode(self._name("arm", f"{bnode.name}.{arm}"), index=i))
             for i, arm in enumerate(names)
         }
 
@@ -201,9 +202,9 @@ class GroupedStream:
         return self._aggregate("aggregate", store, state, initializer, fn, name)
 
     def process(self, fn: Callable[..., None], *, store: str, state: Codec | None = None,
-                name: str | None = None) -> Stream:
+                key: Codec | None = None, name: str | None = None) -> Stream:
         """Keyed processing with the key's state: see :meth:`Stream.process`."""
-        return self.stream.process(fn, store=store, state=state, name=name)
+        return self.stream.process(fn, store=store, state=state, key=key, name=name)
 
 
 class _Unset:

@@ -14,7 +14,7 @@ from streamproc.types import ErrorPolicy
 if TYPE_CHECKING:  # Stream imports Topology at runtime; this one-way hint avoids a cycle.
     from streamproc.api.stream import Stream
 
-_APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _POLICIES = ("dead_letter", "skip", "fail")
 _TIMESTAMPS = ("create_time", "log_append_time", "processing_time")
 

@@ -31,8 +31,11 @@ class PydanticCodec(Generic[M]):
     def encode(self, obj: Any) -> bytes | None:
         if obj is None:
             return None
-        if isinstance(obj, pydantic.BaseModel):
+        if isinstance(obj, self.model):
             return obj.model_dump_json().encode()
+        if isinstance(obj, pydantic.BaseModel):
+            raise CodecError(self.name, f"expected {self.model.__name__}, got "
+                             f"{type(obj).__name__}")
         try:
             # A dict in the model's shape is accepted so that operators need not rebuild models.
             return self.model.model_validate(obj, strict=self.strict).model_dump_json().encode()

@@ -143,7 +143,14 @@ class RepartitionNode(Node):
 
 @dataclass(eq=False)
 class SinkNode(Node):
+    """``Stream.to(topic)``."""
+
     topic: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "to"
+
     key_codec: Codec | None = None
     value_codec: Codec | None = None
 

@@ -26,7 +26,8 @@ def _check_overrides(extra: dict[str, str], reserved: set[str], setting: str) ->
 def consumer_config(settings: Settings, bootstrap: str, group_id: str,
                     instance_id: str) -> dict[str, Any]:
     _check_overrides(settings.consumer_config, _RESERVED_CONSUMER, "consumer_config")
-    static = {"group.instance.id": f"{group_id}-{instance_id}"} if settings.static_membership else {}
+    static = ({"group.instance.id": f"{group_id}-{instance_id}"}
+              if settings.static_membership else {})
     return {
         **static,
         "bootstrap.servers": bootstrap,

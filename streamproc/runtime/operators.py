@@ -36,6 +36,15 @@ SourcePush = Callable[[Sequence[Origin]], None]
 
 MAX_RECORD_BYTES = 1_000_000  # broker default message.max.bytes is ~1 MiB
 
+# Aggregates and state are treated as values: an accumulator or state object a user function
+# mutates in place must not change what was already emitted, or leak from a failed record.
+# A shallow copy of the built-in containers covers the common cases at a small cost.
+_MUTABLE = (list, dict, set, bytearray)
+
+
+def _snapshot(value: Any) -> Any:
+    return value.copy() if type(value) in _MUTABLE else value
+
 
 class NullKeyError(StreamprocError):
     """A keyed (stateful) operator received a record without a key."""
@@ -269,7 +278,7 @@ def _aggregate(node: AggregateNode, down: Push, ctx: TaskContext) -> Push:
                 on_error(r.origin, exc, where)
                 continue
             put(kb, acc)
-            append(Record(r.key, acc, r.timestamp, r.origin))
+            append(Record(r.key, _snapshot(acc), r.timestamp, r.origin))
         if out:
             down(out)
 
@@ -295,7 +304,10 @@ class KeyState:
             return default
         if p is not KeyState._UNCHANGED:
             return p
-        return self._store.get(self._key, default)
+        # A copy, so that mutating it and then raising leaves the stored state untouched.
+        value = _snapshot(self._store.get(self._key, default))
+        self._pending = value if value is not default else KeyState._UNCHANGED
+        return value
 
     def set(self, value: Any) -> None:
         self._pending = value
@@ -385,9 +397,9 @@ def _sink(node: SinkNode | RepartitionNode, ctx: TaskContext, max_bytes: int) ->
             try:
                 k = kenc(r.key)
                 v = venc(r.value)
-                if v is not None and len(v) + (len(k) if k else 0) > max_bytes:
-                    raise RecordTooLarge(
-                        f"record for {topic} is {len(v)} bytes, over the limit of {max_bytes}")
+                if v is not None and (size := len(v) + (len(k) if k else 0)) > max_bytes:
+                    raise RecordTooLarge(f"record for {topic} is {size} bytes (key + value), "
+                                         f"over the limit of {max_bytes}")
             except (CodecError, RecordTooLarge) as exc:
                 on_error(r.origin, exc, where)
                 continue

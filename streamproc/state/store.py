@@ -60,7 +60,9 @@ class KeyValueStore:
         except Exception as exc:
             # RocksDB raises plain Exceptions; only corruption-like failures are recoverable by a
             # rebuild. A lock held by another process is a configuration error, not corruption.
-            if "lock" in str(exc).lower():
+            text = str(exc)
+            # Match RocksDB's own lock failures, not any path that happens to contain "lock".
+            if "/LOCK:" in text or "lock hold by" in text:
                 raise StreamprocError(
                     f"state store {self.path} is locked by another process: two instances "
                     "share one state dir; give each its own STREAMPROC_STATE_DIR") from exc
@@ -139,7 +141,14 @@ class KeyValueStore:
         out: list[tuple[bytes, bytes | None]] = []
         for key in self._dirty:
             value = cache[key]
-            out.append((key, None if value is _DELETED else encode(value)))
+            try:
+                out.append((key, None if value is _DELETED else encode(value)))
+            except Exception as exc:
+                # A state value the store's codec cannot encode is a bug in the topology, not
+                # bad input: stop with a message that names the store and the key.
+                raise StreamprocError(
+                    f"store {self.name!r}: the value for key {key!r} cannot be encoded with "
+                    f"{self.codec.name}: {exc}; declare a codec for it with state=...") from exc
         return out
 
     def commit(self, changes: list[tuple[bytes, bytes | None]], changelog_next: int | None) -> None:

@@ -68,7 +68,7 @@ def test_wordcount_describe_is_json_and_uses_operator_kinds():
     desc = compiled.describe()
     assert json.loads(json.dumps(desc)) == desc
     assert _kinds(compiled) == [["source", "flat_map", "key_by", "repartition"],
-                                ["source", "count", "sink"]]
+                                ["source", "count", "to"]]
     assert desc["application_id"] == "wordcount"
     assert desc["dead_letter_topic"] == "wordcount-dlq"
     assert desc["repartition_topics"] == ["wordcount-words-repartition"]
@@ -87,7 +87,7 @@ def test_wordcount_describe_is_json_and_uses_operator_kinds():
              "children": ["count-5"]},
             {"name": "count-5", "kind": "count", "parents": ["words.source"],
              "store": "counts", "children": ["to-6"]},
-            {"name": "to-6", "kind": "sink", "parents": ["count-5"], "topic": "word-counts",
+            {"name": "to-6", "kind": "to", "parents": ["count-5"], "topic": "word-counts",
              "key_codec": "string", "value_codec": "json", "children": []},
         ],
     }
@@ -104,7 +104,7 @@ def test_topology_describe_is_json_and_lists_every_node():
         ("words.key", "key_by", ["split"]),
         ("words", "repartition", ["words.key"]),
         ("count-5", "count", ["words"]),
-        ("to-6", "sink", ["count-5"]),
+        ("to-6", "to", ["count-5"]),
     ]
     assert repr(t) == "Topology('wordcount', 6 nodes)"
 
@@ -129,10 +129,11 @@ def test_describe_names_every_operator_kind():
     assert kinds == {
         "source-1": "source", "source-2": "source", "map-3": "map", "filter-4": "filter",
         "flat_map-5": "flat_map", "merge-6": "merge", "branch-7": "branch",
-        "branch-7.x": "arm", "branch-7.y": "arm", "process-8": "process", "to-9": "sink",
-        "sum-10": "sum", "to-11": "sink", "reduce-12": "reduce", "to-13": "sink",
-        "aggregate-14": "aggregate", "to-15": "sink", "process-16": "process",
-        "to-17": "sink",
+        # Arm names go through the same naming (and counter) as every operator.
+        "branch-7.x": "arm", "branch-7.y": "arm", "process-10": "process", "to-11": "to",
+        "sum-12": "sum", "to-13": "to", "reduce-14": "reduce", "to-15": "to",
+        "aggregate-16": "aggregate", "to-17": "to", "process-18": "process",
+        "to-19": "to",
     }
     by_name = {n["name"]: n for n in only["nodes"]}
     assert by_name["source-1"]["timestamp"] == "extractor"
@@ -141,8 +142,8 @@ def test_describe_names_every_operator_kind():
     assert by_name["source-1"]["value_codec"] == "json"
     assert by_name["source-2"]["key_codec"] == "string"
     assert by_name["merge-6"]["parents"] == ["source-2", "flat_map-5"]
-    assert by_name["process-8"]["store"] is None
-    assert by_name["process-16"]["store"] == "s4"
+    assert by_name["process-10"]["store"] is None
+    assert by_name["process-18"]["store"] == "s4"
     assert only["stores"] == ["s1", "s2", "s3", "s4"]
     assert only["source_topics"] == ["a", "b"]
     assert only["sink_topics"] == ["o1", "o2", "o3", "o4", "o5"]
@@ -174,7 +175,7 @@ def test_key_by_then_count_auto_inserts_a_repartition():
     assert compiled.repartition_topics == {"app-group_by-3-repartition": (0, 1, None)}
     assert compiled.changelog_topics == {"per-user": (1, "app-per-user-changelog")}
     assert _kinds(compiled) == [["source", "key_by", "repartition"],
-                                ["source", "count", "sink"]]
+                                ["source", "count", "to"]]
     rep = compiled.subtopologies[0].repartition_sinks[0]
     assert rep.key_codec.name == "json"  # key_by's default key codec
     assert rep.value_codec.name == "json"
@@ -187,7 +188,7 @@ def test_group_by_key_on_a_source_does_not_repartition():
     assert len(compiled.subtopologies) == 1
     assert compiled.repartition_topics == {}
     assert compiled.changelog_topics == {"c": (0, "app-c-changelog")}
-    assert _kinds(compiled) == [["source", "count", "sink"]]
+    assert _kinds(compiled) == [["source", "count", "to"]]
 
 
 def test_value_operators_keep_the_key_so_no_repartition():
@@ -355,8 +356,6 @@ def test_valid_application_ids(app_id):
     assert Topology(app_id).application_id == app_id
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the application id regex allows 201 characters "
-                   "({0,200} after the first) while the error message promises 1-200")
 def test_application_id_of_201_characters_is_refused():
     with pytest.raises(TopologyError, match="must be 1-200 characters"):
         Topology("x" * 201)
@@ -452,9 +451,6 @@ def test_source_needs_a_valid_topic():
 
 
 # -- bugs ------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="BUG: Stream.process(store=..., name=...) after a key "
-                   "change names both the auto-inserted repartition and the process node "
-                   "`name`, so it always fails with 'operator name is used twice'")
 def test_named_process_with_store_after_key_change():
     t = Topology("app")
     (t.source("in").key_by(lambda v: v)
@@ -463,9 +459,6 @@ def test_named_process_with_store_after_key_change():
     assert [n.name for n in compiled.subtopologies[1].nodes][1] == "p"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: branch arm node names bypass Topology._name, so "
-                   "an arm colliding with an existing operator name is not reported as a "
-                   "duplicate (compile then fails with a misleading 'cycle' error)")
 def test_branch_arm_name_colliding_with_an_operator_is_a_duplicate():
     t = Topology("app")
     s = t.source("in").map(lambda v: v, name="route.a")
@@ -473,8 +466,6 @@ def test_branch_arm_name_colliding_with_an_operator_is_a_duplicate():
         s.branch({"a": bool}, name="route")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: branch arm names are not validated like operator "
-                   "names (letters, digits, '.', '_', '-'), e.g. 'bad name' is accepted")
 def test_branch_arm_name_with_invalid_characters():
     t = Topology("app")
     with pytest.raises(TopologyError, match="use letters"):

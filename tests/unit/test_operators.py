@@ -318,10 +318,6 @@ def test_null_key_reaching_count_goes_to_on_error(harness):
     assert ctx.stores["counts"].dirty_count == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _aggregate emits the accumulator object itself and "
-                   "the sink encodes the batch afterwards, so an adder that mutates the "
-                   "accumulator in place makes every update of a key in a batch show the "
-                   "batch's final value")
 def test_aggregate_with_in_place_accumulator_emits_each_running_value(harness):
     def add(acc, v):
         acc.append(v)
@@ -564,11 +560,9 @@ def test_oversize_output_goes_to_on_error_with_record_too_large(harness):
     assert ctx.sent == [("out", b"", b"x" * 10, 1000, None), ("out", b"kk", b"x" * 8, 1000, None)]
     assert [(o, type(e), w) for o, e, w in ctx.errors] == [
         (msgs[0], RecordTooLarge, "sink"), (msgs[2], RecordTooLarge, "sink")]
-    assert str(ctx.errors[0][1]) == "record for out is 11 bytes, over the limit of 10"
+    assert str(ctx.errors[0][1]) == "record for out is 11 bytes (key + value), over the limit of 10"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RecordTooLarge's message reports only the value "
-                   "size although the limit is checked against key + value")
 def test_record_too_large_message_reports_the_size_that_was_checked(harness):
     t = Topology("errs")
     t.source("in", key=codecs.string(), value=codecs.string()).to(
@@ -620,9 +614,6 @@ def test_timestamps_survive_aggregation(harness):
     assert ctx.to("word-counts") == [(b"w", b"1", 111), (b"w", b"2", 99)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: KeyState.get() returns the store's cached object, so "
-                   "a process() function that modifies it in place and then raises still "
-                   "changes the state seen by later records (no per-record atomicity)")
 def test_process_that_mutates_state_in_place_then_raises_leaves_no_state_change(harness):
     def fn(ctx, key, value):
         doc = ctx.state.get()
@@ -640,14 +631,10 @@ def test_process_that_mutates_state_in_place_then_raises_leaves_no_state_change(
     assert ctx.sent == [("out", b"a", b"2", 1000, None)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Stream.process() gives its output the input's key "
-                   "codec (raw by default) and has no key= option, so a str key emitted by "
-                   "process() cannot be written to the repartition topic of a following "
-                   "group_by_key(): every record fails with 'raw: expected bytes, got str'")
 def test_process_emitting_a_new_str_key_can_be_grouped(harness):
     t = Topology("proc")
     (t.source("in")
-     .process(lambda ctx, key, value: ctx.emit(value, key=value["user"]))
+     .process(lambda ctx, key, value: ctx.emit(value, key=value["user"]), key=codecs.string())
      .group_by_key(name="by-user").count(store="c").to("out"))
     entries, ctx = harness(t)
     entries["in"]([Msg(b'{"user": "u1"}', b"raw-key")])

@@ -279,9 +279,6 @@ def test_the_path_is_free_again_after_close(store, path):
         second.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: KeyValueStore.open() classifies any open error "
-                   "whose text contains 'lock' as a lock conflict; RocksDB errors include the "
-                   "path, so a corrupt store under e.g. app id 'clock' is not wiped")
 def test_a_corrupt_store_under_a_path_containing_lock_is_wiped(tmp_path):
     path = tmp_path / "clock" / "blocks" / "0"
     s = KeyValueStore("blocks", 0, path, codecs.json())
