@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     poll_timeout_ms: int = Field(100, ge=1, le=10_000)
     session_timeout_ms: int = Field(15_000, ge=3000, le=300_000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    transaction_timeout_ms: int = Field(60_000, ge=1000, le=900_000)
+    # Kafka Streams' EOS default: bounds how long a crashed instance that never comes back
+    # blocks read_committed readers with its open transaction.
+    transaction_timeout_ms: int = Field(10_000, ge=1000, le=900_000)
     shutdown_timeout_ms: int = Field(30_000, ge=1000)
     state_cache_max_keys: int = Field(200_000, ge=0)
     restore_batch_size: int = Field(10_000, ge=1)

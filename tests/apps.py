@@ -36,3 +36,12 @@ def double(v: int) -> int:
     if v == 13:
         raise ValueError("unlucky number")
     return v * 2
+
+
+def keyed_counts() -> Topology:
+    """Count per Kafka key straight from the source: every task is stateful."""
+    t = Topology(os.environ["T_APP"])
+    (t.source(os.environ["T_IN"], key=codecs.string(), value=codecs.string())
+     .group_by_key().count(store="counts")
+     .to(os.environ["T_OUT"], value=codecs.json()))
+    return t
