@@ -41,8 +41,9 @@ class _Restoring:
 class RestoreStats:
     records: int = 0
     bytes: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # summed per store (stores restore concurrently)
     stores: int = 0
+    wall_seconds: float = 0.0  # first restore started -> last one completed
 
 
 class Restorer:
@@ -52,6 +53,7 @@ class Restorer:
         self._consumer: Consumer | None = None
         self._active: dict[TopicPartition, _Restoring] = {}
         self.totals = RestoreStats()
+        self._wall_start: float | None = None
 
     @property
     def active(self) -> bool:
@@ -73,6 +75,8 @@ class Restorer:
             log.info("restore.started", task=str(task.id), store=name, changelog=tp.topic,
                      partition=tp.partition, from_offset=start)
         if assigns:
+            if self._wall_start is None:
+                self._wall_start = time.monotonic()
             self._client().incremental_assign(assigns)
 
     def remove(self, task: Task) -> None:
@@ -141,6 +145,8 @@ class Restorer:
             self.totals.bytes += r.bytes
             self.totals.seconds += secs
             self.totals.stores += 1
+            if self._wall_start is not None:
+                self.totals.wall_seconds = time.monotonic() - self._wall_start
             log.info("restore.completed", task=str(r.task.id), store=r.store.name,
                      from_offset=r.start_offset, to_offset=end, records=r.records,
                      bytes=r.bytes, seconds=round(secs, 3),

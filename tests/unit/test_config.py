@@ -32,7 +32,7 @@ def test_defaults():
     assert s.poll_timeout_ms == 100
     assert s.session_timeout_ms == 15_000
     assert s.max_poll_interval_ms == 300_000
-    assert s.transaction_timeout_ms == 60_000
+    assert s.transaction_timeout_ms == 10_000
     assert s.shutdown_timeout_ms == 30_000
     assert s.state_cache_max_keys == 200_000
     assert s.restore_batch_size == 10_000
