@@ -39,6 +39,7 @@ def run_demo(settings: Settings, *, lines: int) -> int:
 
     topology = load_topology("topologies.wordcount")
 
+    started_here = settings.brokers is None and broker.status() is None
     bootstrap = settings.brokers or broker.start().bootstrap
     admin = TopicAdmin(bootstrap)
     admin.create([TopicSpec("text-lines", 4), TopicSpec("word-counts", 4)])
@@ -67,6 +68,9 @@ def run_demo(settings: Settings, *, lines: int) -> int:
               f"{len(expected)} distinct, top 10:\n")
     for word, count in sorted(latest.items(), key=lambda kv: (-kv[1], kv[0]))[:10]:
         out.write(f"  {word:<12} {count}\n")
+    if started_here:
+        out.write(f"(the local broker keeps running at {bootstrap}; "
+                  "`streamproc kafka stop` stops it)\n")
     if latest == dict(expected):
         out.write("verified: every count equals a batch count of all of text-lines\n")
         return 0

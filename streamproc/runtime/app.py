@@ -133,6 +133,9 @@ class Application:
             self._restorer.close()
         if collector is not None:
             collector.close(self._op_timeout_s)
+        # Drop the clients now, not when the Application object is collected: their threads
+        # would otherwise keep reconnecting to the cluster.
+        self._collector = self._consumer = self._restorer = None
         self._statedir.unlock()
         log.info("instance.stopped", app=self.app_id, processed=self.processed,
                  checkpoints=self.checkpoints, failed=self._failed is not None)
