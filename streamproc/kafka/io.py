@@ -46,18 +46,6 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
     return n
 
 
-def end_offsets(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}",
-                  "isolation.level": "read_committed", "enable.auto.commit": False})
-    try:
-        md = c.list_topics(topic, timeout=timeout_s)
-        parts = md.topics[topic].partitions
-        return {p: c.get_watermark_offsets(KafkaTopicPartition(topic, p), timeout_s)[1]
-                for p in parts}
-    finally:
-        c.close()
-
-
 def committed_offsets(bootstrap: str, group: str, topic: str,
                       timeout_s: float = 10.0) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,

@@ -32,6 +32,7 @@ from streamproc.kafka.clients import consumer_config, producer_config, restore_c
 from streamproc.metrics import Metrics
 from streamproc.runtime import faults
 from streamproc.runtime.collector import Collector
+from streamproc.runtime.operators import MAX_RECORD_BYTES
 from streamproc.runtime.plan import needs_colocation, resolve
 from streamproc.runtime.restore import Restorer
 from streamproc.runtime.statedir import StateDir
@@ -211,9 +212,9 @@ class Application:
         task = Task(
             tid, st, app_dir=self._statedir.path,
             changelog_topic=lambda store: changelogs[store][1],
-            send=self._collector.send, on_error=self._on_error, count=self.metrics.inc,
+            send=self._collector.send, on_error=self._on_error,
             cache_max_keys=self.settings.state_cache_max_keys,
-            max_record_bytes=1_000_000,
+            max_record_bytes=MAX_RECORD_BYTES,
         )
         wiped = task.open()
         if wiped:

@@ -6,7 +6,7 @@ Kafka runtime and (later) an in-memory test driver.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from streamproc.state.store import KeyValueStore
 from streamproc.types import Headers, Origin
@@ -23,5 +23,3 @@ class TaskContext(Protocol):
 
     def on_error(self, origin: Origin, exc: BaseException, where: str) -> None:
         """Apply the source's error policy to a failed record (dead-letter, skip or raise)."""
-
-    def count(self, metric: str, n: int = 1, **labels: Any) -> None: ...

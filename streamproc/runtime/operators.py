@@ -45,6 +45,9 @@ MAX_RECORD_BYTES = 1_000_000  # broker default message.max.bytes is ~1 MiB
 _MUTABLE = (list, dict, set, bytearray)
 
 
+_ABSENT: Any = object()
+
+
 def _snapshot(value: Any) -> Any:
     return value.copy() if type(value) in _MUTABLE else value
 
@@ -290,9 +293,10 @@ def _aggregate(node: AggregateNode, down: Push, ctx: TaskContext) -> Push:
 
 class KeyState:
     """The state of the current record's key inside ``process``; writes apply only if the user
-    function returns normally (so a failed record leaves no partial state behind)."""
+    function returns normally (so a failed record leaves no partial state behind). Only
+    ``set``/``delete`` write: mutating what ``get`` returned changes nothing by itself."""
 
-    __slots__ = ("_key", "_pending", "_store")
+    __slots__ = ("_key", "_pending", "_read", "_store")
     _UNCHANGED: Any = object()
     _DELETE: Any = object()
 
@@ -300,6 +304,7 @@ class KeyState:
         self._store = store
         self._key = b""
         self._pending: Any = KeyState._UNCHANGED
+        self._read: Any = KeyState._UNCHANGED  # this record's snapshot of the stored value
 
     def get(self, default: Any = None) -> Any:
         p = self._pending
@@ -307,10 +312,11 @@ class KeyState:
             return default
         if p is not KeyState._UNCHANGED:
             return p
-        # A copy, so that mutating it and then raising leaves the stored state untouched.
-        value = _snapshot(self._store.get(self._key, default))
-        self._pending = value if value is not default else KeyState._UNCHANGED
-        return value
+        if self._read is KeyState._UNCHANGED:
+            # A copy, so that mutating it and then raising leaves the stored state untouched;
+            # reading alone never marks the key dirty (no changelog record for a read).
+            self._read = _snapshot(self._store.get(self._key, _ABSENT))
+        return default if self._read is _ABSENT else self._read
 
     def set(self, value: Any) -> None:
         self._pending = value
@@ -372,7 +378,7 @@ def _process(node: ProcessNode, down: Push, ctx: TaskContext) -> Push:
             try:
                 if state is not None:
                     state._key = _store_key(r)
-                    state._pending = unchanged
+                    state._pending = state._read = unchanged
                 fn(pctx, r.key, r.value)
             except Exception as exc:
                 on_error(r.origin, exc, where)

@@ -20,8 +20,6 @@ DLQ_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1
 @dataclass(frozen=True)
 class Plan:
     partitions: dict[int, int]  # sub-topology id -> number of tasks
-    topic_partitions: dict[str, int]
-    internal_topics: list[TopicSpec]
 
 
 def resolve(compiled: CompiledTopology, admin: TopicAdmin, dlq_partitions: int = 1) -> Plan:
@@ -81,8 +79,7 @@ def resolve(compiled: CompiledTopology, admin: TopicAdmin, dlq_partitions: int =
                            existing.get(compiled.dead_letter_topic) or dlq_partitions, DLQ_CONFIG))
     to_create = [s for s in specs if existing.get(s.name) is None]
     admin.create(to_create)
-    counts.update({s.name: s.partitions for s in specs})
-    return Plan(partitions=tasks, topic_partitions=counts, internal_topics=specs)
+    return Plan(partitions=tasks)
 
 
 def needs_colocation(compiled: CompiledTopology) -> bool:

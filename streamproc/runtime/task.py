@@ -35,7 +35,6 @@ class Task:
         changelog_topic: Callable[[str], str],
         send: Callable[[str, bytes | None, bytes | None, int, Headers | None], None],
         on_error: Callable[[Origin, BaseException, str], None],
-        count: Callable[..., None],
         cache_max_keys: int,
         max_record_bytes: int,
     ) -> None:
@@ -54,7 +53,6 @@ class Task:
         self._committed: dict[TopicPartition, int] = {}
         self.send = send
         self.on_error = on_error
-        self.count = count
         self._entries: dict[str, SourcePush] = {}
         self._max_record_bytes = max_record_bytes
 

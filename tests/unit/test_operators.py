@@ -59,7 +59,6 @@ class FakeContext:
         self.stores = stores
         self.sent: list[tuple[str, bytes | None, bytes | None, int, Any]] = []
         self.errors: list[tuple[Any, BaseException, str]] = []
-        self.counts: list[tuple[str, int, dict[str, Any]]] = []
 
     def store(self, name: str) -> KeyValueStore:
         return self.stores[name]
@@ -70,9 +69,6 @@ class FakeContext:
 
     def on_error(self, origin: Any, exc: BaseException, where: str) -> None:
         self.errors.append((origin, exc, where))
-
-    def count(self, metric: str, n: int = 1, **labels: Any) -> None:
-        self.counts.append((metric, n, labels))
 
     def to(self, topic: str) -> list[tuple[bytes | None, bytes | None, int]]:
         return [(k, v, t) for tp, k, v, t, _ in self.sent if tp == topic]
@@ -629,6 +625,26 @@ def test_process_that_mutates_state_in_place_then_raises_leaves_no_state_change(
     store.commit(store.prepare(), 1)
     entries["ev"]([Msg(b'"boom"', b"a", topic="ev"), Msg(b'"ok"', b"a", topic="ev")])
     assert ctx.sent == [("out", b"a", b"2", 1000, None)]
+
+
+def test_process_that_only_reads_state_writes_nothing(harness):
+    def fn(ctx, key, value):
+        doc = ctx.state.get({"n": 0})
+        doc["n"] += 100  # mutating a read without set() is not a write
+        ctx.emit(ctx.state.get())
+
+    entries, ctx = harness(_process_topology(fn, name="reader"))
+    store = ctx.stores["seen"]
+    store.put(b"a", {"n": 1})
+    store.commit(store.prepare(), 1)
+    entries["ev"]([Msg(b'"x"', b"a", topic="ev"), Msg(b'"y"', b"b", topic="ev")])
+    # Reads never mark a key dirty: no changelog record, no RocksDB write at the checkpoint.
+    assert store.dirty_count == 0
+    assert store.prepare() == []
+    # Within one record, get() returns the same snapshot; the store itself is untouched.
+    assert ctx.errors == []
+    assert [v for _, _, v, _, _ in ctx.sent] == [b'{"n":101}', None]  # None: a tombstone
+    assert store.get(b"a") == {"n": 1}
 
 
 def test_process_emitting_a_new_str_key_can_be_grouped(harness):
