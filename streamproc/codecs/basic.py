@@ -30,6 +30,8 @@ class StringCodec:
     """UTF-8 text (Kafka's StringSerde)."""
 
     name = "string"
+    fast_decode = staticmethod(bytes.decode)
+    fast_encode = staticmethod(str.encode)
 
     def decode(self, data: bytes | None) -> str | None:
         if data is None:
@@ -80,6 +82,8 @@ class JsonCodec:
     """JSON via orjson. Non-JSON values are bad input on decode and a user error on encode."""
 
     name = "json"
+    fast_decode = staticmethod(orjson.loads)
+    fast_encode = staticmethod(orjson.dumps)
 
     def decode(self, data: bytes | None) -> Any:
         if data is None:

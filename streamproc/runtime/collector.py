@@ -29,11 +29,16 @@ class Collector:
         self._make_config = make_config
         self.transactional = transactional
         self._op_timeout_s = op_timeout_s
-        self._producer: Producer = Producer(make_config())
+        self._producer: Producer = self._new_producer()
         self._changelog_next: dict[TopicPartition, int] = {}
         self._errors: list[KafkaError] = []
         self._in_txn = False
         self.produced = 0
+
+    def _new_producer(self) -> Producer:
+        # The default delivery callback only records failures; changelog records carry their
+        # own (it tracks their offsets).
+        return Producer({**self._make_config(), "on_delivery": self._on_delivery})
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init(self) -> None:
@@ -53,7 +58,7 @@ class Collector:
             self._producer.purge(in_queue=True, in_flight=True)
         except Exception as exc:
             log.debug("collector.purge_failed", error=str(exc))
-        self._producer = Producer(self._make_config())
+        self._producer = self._new_producer()
         self._changelog_next.clear()
         self._errors.clear()
         self._in_txn = False
@@ -74,13 +79,23 @@ class Collector:
         p = self._producer
         while True:
             try:
-                p.produce(topic, value, key, partition, on_delivery=self._on_delivery,
-                          timestamp=timestamp, headers=headers)
+                p.produce(topic, value, key, partition, timestamp=timestamp, headers=headers)
                 break
             except BufferError:
-                # The local queue is full: serve delivery reports until there is room.
-                p.poll(0.05)
+                self.wait_for_room()
         self.produced += 1
+
+    def producer(self) -> tuple[Callable[..., None], Callable[[], None]]:
+        """The current producer's ``produce`` (for sinks: one lookup per batch, then a direct
+        C call per record) and what to call when it raises BufferError."""
+        return self._producer.produce, self.wait_for_room
+
+    def wait_for_room(self) -> None:
+        """The local queue is full: serve delivery reports so that it drains a little."""
+        self._producer.poll(0.05)
+
+    def count_produced(self, n: int) -> None:
+        self.produced += n
 
     def send_changelog(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         tp = TopicPartition(topic, partition)
@@ -100,7 +115,7 @@ class Collector:
                 p.produce(topic, value, key, partition, on_delivery=delivered)
                 break
             except BufferError:
-                p.poll(0.05)
+                self.wait_for_room()
 
     def poll(self) -> None:
         self._producer.poll(0)

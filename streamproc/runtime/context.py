@@ -6,6 +6,7 @@ Kafka runtime and (later) an in-memory test driver.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from streamproc.state.store import KeyValueStore
@@ -20,6 +21,14 @@ class TaskContext(Protocol):
     def send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
              headers: Headers | None) -> None:
         """Produce one record (inside the current transaction under exactly-once)."""
+
+    def producer(self) -> tuple[Callable[..., None], Callable[[], None]]:
+        """The hot path's ``(produce, wait_for_room)``: confluent-kafka's ``Producer.produce``
+        (inside the current transaction under exactly-once) and what to call on BufferError.
+        Fetch once per batch: the producer is replaced after an aborted transaction."""
+
+    def produced(self, n: int) -> None:
+        """Count records a sink produced."""
 
     def on_error(self, origin: Origin, exc: BaseException, where: str) -> None:
         """Apply the source's error policy to a failed record (dead-letter, skip or raise)."""

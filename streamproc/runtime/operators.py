@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from streamproc.codecs.base import fast_decoder, fast_encoder
 from streamproc.errors import CodecError, StreamprocError
 from streamproc.graph.compile import SubTopology
 from streamproc.graph.nodes import (
@@ -120,8 +121,9 @@ def _build(node: Node, down: Push, ctx: TaskContext, max_bytes: int) -> Push:
 
 def _source(node: SourceNode, down: Push, ctx: TaskContext) -> SourcePush:
     assert node.key_codec is not None and node.value_codec is not None
-    kdec = node.key_codec.decode
-    vdec = node.value_codec.decode
+    kcodec, vcodec = node.key_codec, node.value_codec
+    kdec, vdec = kcodec.decode, vcodec.decode
+    kfast, vfast = fast_decoder(kcodec), fast_decoder(vcodec)
     ts = node.timestamp
     where = node.name
     on_error = ctx.on_error
@@ -134,8 +136,10 @@ def _source(node: SourceNode, down: Push, ctx: TaskContext) -> SourcePush:
         now = int(time.time() * 1000) if wall_clock else 0
         for m in msgs:
             try:
-                value = vdec(m.value())
-                key = kdec(m.key())
+                raw = m.value()
+                value = vfast(raw) if vfast is not None and raw is not None else vdec(raw)
+                raw = m.key()
+                key = kfast(raw) if kfast is not None and raw is not None else kdec(raw)
                 if extract is not None:
                     t = int(extract(value))
                 elif wall_clock:
@@ -143,13 +147,29 @@ def _source(node: SourceNode, down: Push, ctx: TaskContext) -> SourcePush:
                 else:
                     t = m.timestamp()[1]
             except Exception as exc:
-                on_error(m, exc, where)
+                on_error(m, _decode_error(exc, m, kdec, vdec), where)
                 continue
             append(Record(key, value, t, m))
         if out:
             down(out)
 
     return push
+
+
+def _decode_error(exc: Exception, m: Origin, kdec: Callable[[Any], Any],
+                  vdec: Callable[[Any], Any]) -> Exception:
+    """The error to report for a record that failed in the source: a fast path's raw exception
+    is replaced by the codec's own CodecError (same message as the slow path)."""
+    if isinstance(exc, CodecError):
+        return exc
+    for dec, raw in ((vdec, m.value()), (kdec, m.key())):
+        try:
+            dec(raw)
+        except CodecError as codec_exc:
+            return codec_exc
+        except Exception:  # noqa: BLE001 - the original exception is the better report
+            return exc
+    return exc
 
 
 def _map(node: MapNode, down: Push, ctx: TaskContext) -> Push:
@@ -268,22 +288,33 @@ def _store_key(r: Record) -> bytes:
 def _aggregate(node: AggregateNode, down: Push, ctx: TaskContext) -> Push:
     assert node.store is not None
     store = ctx.store(node.store.name)
-    get, put = store.get, store.put
+    # The store's write-back cache is read and written directly (one dict operation instead of
+    # a method call per record); only a cache miss goes through the store to RocksDB.
+    cache, dirty, load = store.cache, store.dirty, store.get
     init, add, where, on_error = node.initializer, node.adder, node.name, ctx.on_error
     missing: Any = object()
+    deleted = store.DELETED
 
     def push(batch: list[Record]) -> None:
         out: list[Record] = []
         append = out.append
+        mark = dirty.add
         for r in batch:
             try:
-                kb = _store_key(r)
-                acc = get(kb, missing)
+                # Keyed operators only ever follow a source or a repartition with the key
+                # unchanged, so the consumed key bytes *are* the key's encoding.
+                kb = r.origin.key()
+                if kb is None:
+                    raise NullKeyError("record has a null key; keyed operations need a key")
+                acc = cache.get(kb, missing)
+                if acc is missing or acc is deleted:
+                    acc = load(kb, missing)
                 acc = add(init() if acc is missing else acc, r.value)
             except Exception as exc:
                 on_error(r.origin, exc, where)
                 continue
-            put(kb, acc)
+            cache[kb] = acc
+            mark(kb)
             append(Record(r.key, _snapshot(acc), r.timestamp, r.origin))
         if out:
             down(out)
@@ -399,22 +430,59 @@ def _process(node: ProcessNode, down: Push, ctx: TaskContext) -> Push:
 def _sink(node: SinkNode | RepartitionNode, ctx: TaskContext, max_bytes: int) -> Push:
     assert node.key_codec is not None and node.value_codec is not None
     kenc, venc = node.key_codec.encode, node.value_codec.encode
-    topic, where, send, on_error = node.topic, node.name, ctx.send, ctx.on_error
+    kfast, vfast = fast_encoder(node.key_codec), fast_encoder(node.value_codec)
+    topic, where, on_error = node.topic, node.name, ctx.on_error
 
     def push(batch: list[Record]) -> None:
+        # The producer's own produce(), fetched once per batch (the collector may have replaced
+        # the producer after an abort): no Python wrapper call per record.
+        produce, full = ctx.producer()
+        n = 0
         for r in batch:
             try:
-                k = kenc(r.key)
-                v = venc(r.value)
+                k = r.key
+                k = kfast(k) if kfast is not None and k is not None else kenc(k)
+                v = r.value
+                v = vfast(v) if vfast is not None and v is not None else venc(v)
                 if v is not None and (size := len(v) + (len(k) if k else 0)) > max_bytes:
                     raise RecordTooLarge(f"record for {topic} is {size} bytes (key + value), "
                                          f"over the limit of {max_bytes}")
-            except (CodecError, RecordTooLarge) as exc:
-                on_error(r.origin, exc, where)
-                continue
             except Exception as exc:
-                on_error(r.origin, CodecError(where, f"{type(exc).__name__}: {exc}"), where)
+                on_error(r.origin, _encode_error(exc, r, kenc, venc, where), where)
                 continue
-            send(topic, k, v, r.timestamp, r.origin.headers())
+            try:
+                produce(topic, v, k, timestamp=r.timestamp, headers=r.origin.headers())
+            except BufferError:
+                _produce_when_room(produce, full, topic, k, v, r)
+            n += 1
+        ctx.produced(n)
 
     return push
+
+
+def _produce_when_room(produce: Callable[..., None], full: Callable[[], None], topic: str,
+                       k: bytes | None, v: bytes | None, r: Record) -> None:
+    while True:
+        full()
+        try:
+            produce(topic, v, k, timestamp=r.timestamp, headers=r.origin.headers())
+            return
+        except BufferError:
+            continue
+
+
+def _encode_error(exc: Exception, r: Record, kenc: Callable[[Any], Any],
+                  venc: Callable[[Any], Any], where: str) -> Exception:
+    """What a failed output record is reported as: the codec's own error, never a raw
+    TypeError from a fast path."""
+    if isinstance(exc, CodecError | RecordTooLarge):
+        return exc
+    for enc, obj in ((kenc, r.key), (venc, r.value)):
+        try:
+            enc(obj)
+        except CodecError as codec_exc:
+            return codec_exc
+        except Exception as other:  # noqa: BLE001 - reported as a codec failure below
+            exc = other
+            break
+    return CodecError(where, f"{type(exc).__name__}: {exc}")

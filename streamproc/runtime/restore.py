@@ -100,33 +100,59 @@ class Restorer:
         pending: dict[TopicPartition, list[tuple[bytes, bytes | None]]] = {}
         last: dict[TopicPartition, int] = {}
         ended: dict[TopicPartition, int] = {}
+        nbytes: dict[TopicPartition, int] = {}
+        # Runs of one partition: the per-partition lookups happen once per run, not per record.
+        cur_topic: str | None = None
+        cur_part = -1
+        tp = TopicPartition("", -1)
+        records: list[tuple[bytes, bytes | None]] | None = None
+        size = 0
         for m in msgs:
-            tp = TopicPartition(m.topic() or "", m.partition() or 0)
-            if tp not in self._active:
-                continue  # a late message for a store we stopped restoring
             err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    ended[tp] = m.offset() or 0
-                elif err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
-                    self._rebuild(tp, str(err))
-                    pending.pop(tp, None)
-                    last.pop(tp, None)
-                else:
-                    log.warning("restore.consume_error", changelog=tp.topic,
-                                partition=tp.partition, error=str(err))
-                continue
+            part, topic = m.partition(), m.topic()
+            if part != cur_part or topic != cur_topic or err is not None:
+                if records is not None:
+                    nbytes[tp] = nbytes.get(tp, 0) + size
+                cur_topic, cur_part, size = topic, part, 0
+                tp = TopicPartition(topic or "", part or 0)
+                records = None
+                if tp not in self._active:
+                    cur_part = -1
+                    continue  # a late message for a store we stopped restoring
+                if err is not None:
+                    cur_part = -1
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        ended[tp] = m.offset() or 0
+                    elif err.code() in (KafkaError._AUTO_OFFSET_RESET,
+                                        KafkaError.OFFSET_OUT_OF_RANGE):
+                        self._rebuild(tp, str(err))
+                        pending.pop(tp, None)
+                        last.pop(tp, None)
+                        nbytes.pop(tp, None)
+                    else:
+                        log.warning("restore.consume_error", changelog=tp.topic,
+                                    partition=tp.partition, error=str(err))
+                    continue
+                records = pending.setdefault(tp, [])
+            elif records is None:
+                continue  # the rest of a run we skip (not restoring that partition)
             key = m.key()
             if key is None:
                 continue  # not a changelog record of ours
-            pending.setdefault(tp, []).append((key, m.value()))
-            last[tp] = m.offset() or 0
+            value = m.value()
+            records.append((key, value))
+            size += len(key) + (len(value) if value else 0)
+            last[tp] = m.offset()
+        if records is not None:
+            nbytes[tp] = nbytes.get(tp, 0) + size
         now = time.monotonic()
         for tp, records in pending.items():
+            if not records:
+                continue
             r = self._active[tp]
             r.store.apply_changelog(records, last[tp] + 1)
             r.records += len(records)
-            r.bytes += sum(len(k) + (len(v) if v else 0) for k, v in records)
+            r.bytes += nbytes.get(tp, 0)
             faults.hit("mid_restore")
             if now - r.last_log >= _PROGRESS_EVERY_S:
                 r.last_log = now

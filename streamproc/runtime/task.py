@@ -34,6 +34,8 @@ class Task:
         app_dir: Path,
         changelog_topic: Callable[[str], str],
         send: Callable[[str, bytes | None, bytes | None, int, Headers | None], None],
+        producer: Callable[[], tuple[Callable[..., None], Callable[[], None]]],
+        produced: Callable[[int], None],
         on_error: Callable[[Origin, BaseException, str], None],
         cache_max_keys: int,
         max_record_bytes: int,
@@ -52,6 +54,8 @@ class Task:
         self.next_offsets: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self.send = send
+        self.producer = producer
+        self.produced = produced
         self.on_error = on_error
         self._entries: dict[str, SourcePush] = {}
         self._max_record_bytes = max_record_bytes

@@ -35,7 +35,14 @@ class StoreCorrupted(StreamprocError):
 
 
 class KeyValueStore:
-    """State of one store for one partition: ``{state_dir}/{app}/{store}/{partition}``."""
+    """State of one store for one partition: ``{state_dir}/{app}/{store}/{partition}``.
+
+    ``cache`` (key bytes -> value, or ``DELETED``) and ``dirty`` (keys changed since the last
+    checkpoint) are public for the operators' hot loops, which touch them directly instead of
+    paying a method call per record; ``get`` is the miss path.
+    """
+
+    DELETED: Any = _DELETED
 
     def __init__(self, name: str, partition: int, path: Path, codec: Codec,
                  *, cache_max_keys: int = 200_000) -> None:
@@ -43,9 +50,9 @@ class KeyValueStore:
         self.partition = partition
         self.path = path
         self.codec = codec
-        self._cache_max_keys = cache_max_keys
-        self._cache: dict[bytes, Any] = {}
-        self._dirty: set[bytes] = set()
+        self.cache_max_keys = cache_max_keys
+        self.cache: dict[bytes, Any] = {}
+        self.dirty: set[bytes] = set()
         self._db: rocksdict.Rdict | None = None
         self._meta_handle: Any = None
         self._meta: rocksdict.Rdict | None = None
@@ -88,8 +95,8 @@ class KeyValueStore:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
-        self._cache.clear()
-        self._dirty.clear()
+        self.cache.clear()
+        self.dirty.clear()
         if self._db is not None:
             # Column-family handles keep the DB alive (and its LOCK held); drop them first.
             self._meta_handle = None
@@ -113,33 +120,33 @@ class KeyValueStore:
 
     # -- record access (the hot path) -----------------------------------------------------
     def get(self, key: bytes, default: Any = None) -> Any:
-        value = self._cache.get(key, _MISSING)
+        value = self.cache.get(key, _MISSING)
         if value is _MISSING:
             raw = self.db.get(key)
             value = _DELETED if raw is None else self.codec.decode(raw)
-            self._cache[key] = value
+            self.cache[key] = value
         return default if value is _DELETED else value
 
     def put(self, key: bytes, value: Any) -> None:
-        self._cache[key] = value
-        self._dirty.add(key)
+        self.cache[key] = value
+        self.dirty.add(key)
 
     def delete(self, key: bytes) -> None:
-        self._cache[key] = _DELETED
-        self._dirty.add(key)
+        self.cache[key] = _DELETED
+        self.dirty.add(key)
 
     @property
     def dirty_count(self) -> int:
-        return len(self._dirty)
+        return len(self.dirty)
 
     # -- checkpoint ------------------------------------------------------------------------
     def prepare(self) -> list[tuple[bytes, bytes | None]]:
         """Encode every key changed since the last checkpoint, once: the changelog records and,
         after the commit, the RocksDB batch. ``None`` is a deletion (a changelog tombstone)."""
-        cache = self._cache
+        cache = self.cache
         encode = self.codec.encode
         out: list[tuple[bytes, bytes | None]] = []
-        for key in self._dirty:
+        for key in self.dirty:
             value = cache[key]
             try:
                 out.append((key, None if value is _DELETED else encode(value)))
@@ -162,14 +169,14 @@ class KeyValueStore:
         if changelog_next is not None:
             batch.put(_CHANGELOG_OFFSET, _OFFSET.pack(changelog_next), self._meta_handle)
         self.db.write(batch)
-        self._dirty.clear()
-        if len(self._cache) > self._cache_max_keys:
-            self._cache.clear()
+        self.dirty.clear()
+        if len(self.cache) > self.cache_max_keys:
+            self.cache.clear()
 
     def discard(self) -> None:
         """Forget uncommitted changes (after an abort): RocksDB still holds the last commit."""
-        self._cache.clear()
-        self._dirty.clear()
+        self.cache.clear()
+        self.dirty.clear()
 
     # -- restore ---------------------------------------------------------------------------
     def apply_changelog(self, records: list[tuple[bytes, bytes | None]], next_offset: int) -> None:

@@ -302,5 +302,6 @@ def test_restore_consumer_config():
         "enable.partition.eof": True,
         "auto.offset.reset": "error",
         "queued.max.messages.kbytes": 131072,
+        "max.partition.fetch.bytes": 8 * 1048576,
     }
 

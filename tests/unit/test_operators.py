@@ -67,6 +67,17 @@ class FakeContext:
              headers: Any) -> None:
         self.sent.append((topic, key, value, timestamp, headers))
 
+    def producer(self) -> tuple[Callable[..., None], Callable[[], None]]:
+        # The signature of confluent-kafka's Producer.produce as sinks call it.
+        def produce(topic: str, value: bytes | None, key: bytes | None, *,
+                    timestamp: int, headers: Any) -> None:
+            self.send(topic, key, value, timestamp, headers)
+
+        return produce, lambda: None
+
+    def produced(self, n: int) -> None:
+        self.produced_count = getattr(self, "produced_count", 0) + n
+
     def on_error(self, origin: Any, exc: BaseException, where: str) -> None:
         self.errors.append((origin, exc, where))
 

@@ -1,0 +1,148 @@
+"""W6: recovery of a W2 (count per key) application holding state for many keys.
+
+Per stateful contender, exactly-once:
+
+1. Build the state: one record per key (``--w6-keys``), drained to completion, clean stop.
+2. Warm start: one probe record, restart on the intact state dir; time from process start to
+   the probe committed (start-up + group join + one commit: the fixed cost).
+3. Fresh start: state dir deleted, one more probe; the same time now includes restoring every
+   key from the changelog. ``restore_s`` = fresh - warm; ``restore_rps`` = keys / restore_s.
+4. Crash: a steady trickle of input, ``kill -9``, immediate restart on the intact state dir;
+   time from the kill until the group's committed input offsets move again (under
+   exactly-once that is the restarted instance's first committed output).
+
+All of it is observed from outside, through the group's committed offsets, the same way for
+every contender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import workloads
+from kafkaops import Kafka
+from latency import wait_stable
+from procs import BENCH, Contender
+
+STATEFUL = ("streamproc", "quix")
+
+
+def _wait_committed(kafka: Kafka, group: str, topic: str, above: int,
+                    proc: Contender, timeout_s: float) -> float:
+    """Wall time at which the group's committed offsets on ``topic`` exceed ``above``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if kafka.committed_total(group, topic) > above:
+            return time.time()
+        if not proc.alive():
+            raise RuntimeError(f"contender died: {proc.tail()}")
+        time.sleep(0.02)
+    raise TimeoutError(f"no commit past {above} on {topic} within {timeout_s}s")
+
+
+def recovery_run(kafka: Kafka, contender: str, input_topic: str, keys: int,
+                 commit_interval: float, work: Path, timeout_s: float) -> dict[str, Any]:
+    group = f"bw6-{contender}-{uuid.uuid4().hex[:6]}"
+    output = f"{group}-out"
+    kafka.create(output)
+    state = work / group
+    n = 0
+
+    def start(label: str) -> Contender:
+        nonlocal n
+        n += 1
+        return Contender(contender, {
+            "workload": "W2", "guarantee": "eos", "brokers": kafka.bootstrap,
+            "input": input_topic, "output": output, "group": group,
+            "commit_interval": str(commit_interval), "state_dir": str(state),
+            "stats": str(work / f"{group}-{n}.stats")}, work / f"{group}-{n}-{label}.log")
+
+    out: dict[str, Any] = {"restore_records": keys, "ok": False, "problems": []}
+    proc = start("build")
+    try:
+        proc.first_consumed()
+        while not kafka.done(group, input_topic, group):
+            if not proc.alive() or time.monotonic() > proc.started + timeout_s:
+                raise RuntimeError(f"state build failed: {proc.tail()}")
+            time.sleep(0.1)
+        out["build_s"] = round(time.time() - proc.started, 1)
+        proc.stop()
+
+        def probe_start(label: str) -> float:
+            nonlocal proc
+            before = kafka.committed_total(group, input_topic)
+            kafka.produce(input_topic, [(f"probe-{label}".encode(), b'{"probe":1}')])
+            t0 = time.time()
+            proc = start(label)
+            took = _wait_committed(kafka, group, input_topic, before, proc, timeout_s) - t0
+            proc.stop()
+            return took
+
+        warm = probe_start("warm")
+        shutil.rmtree(state, ignore_errors=True)
+        fresh = probe_start("fresh")
+        restore_s = max(fresh - warm, 1e-3)
+        out.update(warm_start_to_output_s=round(warm, 2), fresh_start_to_output_s=round(fresh, 2),
+                   restore_s=round(restore_s, 2), restore_rps=round(keys / restore_s))
+
+        # Crash: kill -9 under a steady input, restart at once.
+        proc = start("steady")
+        wait_stable(kafka, group)
+        gen = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py"), "--brokers",
+                                kafka.bootstrap, "--topic", input_topic, "--rate", "1000",
+                                "--seconds", str(60 + 3 * commit_interval)],
+                               stdout=subprocess.DEVNULL)
+        try:
+            base = kafka.committed_total(group, input_topic)
+            _wait_committed(kafka, group, input_topic, base, proc, timeout_s)
+            time.sleep(2 * commit_interval)
+            proc.stop(signal.SIGKILL)
+            t_kill = time.time()
+            after_kill = kafka.committed_total(group, input_topic)
+            proc = start("restarted")
+            t_first = _wait_committed(kafka, group, input_topic, after_kill, proc, 300)
+            out["kill_to_first_output_s"] = round(t_first - t_kill, 2)
+        finally:
+            gen.terminate()
+            gen.wait(30)
+        proc.stop()
+        out["ok"] = True
+    except Exception as exc:  # noqa: BLE001 - reported, the other contender goes on
+        proc.stop()
+        out["problems"].append(f"{type(exc).__name__}: {exc}")
+    finally:
+        kafka.forget(group)
+        kafka.delete(kafka.topics_containing(group))
+        shutil.rmtree(state, ignore_errors=True)
+    return out
+
+
+def recovery_workload(kafka: Kafka, args: argparse.Namespace, work: Path,
+                      log: Callable[[str], None]) -> dict[str, Any]:
+    keys = args.w6_keys
+    input_topic = f"bin-w6-{uuid.uuid4().hex[:6]}"
+    kafka.create(input_topic, args.partitions)
+    kafka.produce(input_topic, workloads.events(workloads.Spec("events", keys, keys)))
+    results: dict[str, Any] = {}
+    for c in [c for c in args.contenders if c in STATEFUL]:
+        # Each contender reads the input from the start in its own group; the probes and the
+        # trickle of a previous contender are simply more keys for the next one.
+        r = recovery_run(kafka, c, input_topic, keys, args.commit_interval, work, args.timeout)
+        results[c] = {"eos": r}
+        log(f"W6 {c:10s}: " + (
+            f"restore {r['restore_s']} s = {r['restore_rps']:,} rec/s; fresh start to output "
+            f"{r['fresh_start_to_output_s']} s (warm {r['warm_start_to_output_s']} s); "
+            f"kill -9 to first output {r['kill_to_first_output_s']} s"
+            if r["ok"] else f"FAILED {r['problems']}"))
+    kafka.delete([input_topic])
+    return {"title": f"recovery: state of {keys:,} keys (exactly-once)", "keys": keys,
+            "results": results}
