@@ -7,6 +7,7 @@ every input record, and every repartition topic of the group has nothing readabl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 
@@ -44,10 +45,8 @@ class Kafka:
         if not names:
             return
         for f in self.admin.delete_topics(names, operation_timeout=30).values():
-            try:
+            with contextlib.suppress(Exception):  # best effort clean-up between runs
                 f.result(60)
-            except Exception:  # noqa: BLE001 - best effort clean-up between runs
-                pass
 
     # -- input -------------------------------------------------------------------------------
     def produce(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:

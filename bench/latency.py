@@ -37,7 +37,7 @@ def wait_stable(kafka: Kafka, group: str, timeout_s: float = 120.0) -> None:
             if desc.state == ConsumerGroupState.STABLE and any(
                     m.assignment.topic_partitions for m in desc.members):
                 return
-        except Exception:  # noqa: BLE001 - the group does not exist until the first join
+        except Exception:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"group {group} did not become stable")
@@ -95,13 +95,14 @@ def latency_run(kafka: Kafka, contender: str, guarantee: str, rate: int, seconds
         if usage.exit_code != 0:
             out["problems"].append(f"exit code {usage.exit_code}")
         if lat:
-            out.update(p50_ms=round(percentile(lat, 0.5), 1), p99_ms=round(percentile(lat, 0.99), 1),
+            out.update(p50_ms=round(percentile(lat, 0.5), 1),
+                       p99_ms=round(percentile(lat, 0.99), 1),
                        p999_ms=round(percentile(lat, 0.999), 1),
                        mean_ms=round(statistics.fmean(lat), 1))
         out.update(received=received, sent=sent, measured=len(lat),
                    peak_rss_mb=round(usage.peak_rss_mb, 1))
         out["ok"] = not out["problems"] and bool(lat)
-    except Exception as exc:  # noqa: BLE001 - reported, the other runs go on
+    except Exception as exc:
         proc.stop()
         out["problems"].append(f"{type(exc).__name__}: {exc}")
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workloads import Spec, events  # noqa: E402
+from workloads import Spec, events
 
 
 def main() -> int:

@@ -6,6 +6,7 @@ CPU seconds (user + system, librdkafka's threads included) without sampling.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -99,10 +100,8 @@ class Contender:
         if self.usage is not None:
             return self.usage
         hwm = self.peak_rss_mb()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout_s
         while True:
             pid, status, ru = os.wait4(self.proc.pid, os.WNOHANG)

@@ -116,7 +116,7 @@ def recovery_run(kafka: Kafka, contender: str, input_topic: str, keys: int,
             gen.wait(30)
         proc.stop()
         out["ok"] = True
-    except Exception as exc:  # noqa: BLE001 - reported, the other contender goes on
+    except Exception as exc:
         proc.stop()
         out["problems"].append(f"{type(exc).__name__}: {exc}")
     finally:

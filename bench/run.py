@@ -32,9 +32,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import workloads  # noqa: E402
-from kafkaops import Kafka  # noqa: E402
-from procs import BENCH, CONTENDERS, ROOT, Contender, quix_versions  # noqa: E402
+import workloads
+from kafkaops import Kafka
+from procs import BENCH, CONTENDERS, ROOT, Contender, quix_versions
 
 GUARANTEES = ("eos", "alo")
 TITLES = {
@@ -45,7 +45,7 @@ TITLES = {
 
 
 def log(msg: str) -> None:
-    print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def drain_run(kafka: Kafka, contender: str, workload: str, guarantee: str, input_topic: str,
@@ -83,7 +83,7 @@ def drain_run(kafka: Kafka, contender: str, workload: str, guarantee: str, input
                       cpu_s=round(usage.cpu_s, 2))
         result["problems"] += problems
         result["ok"] = not result["problems"]
-    except Exception as exc:  # noqa: BLE001 - a failed run is reported, the others go on
+    except Exception as exc:
         proc.stop()
         result["problems"].append(f"{type(exc).__name__}: {exc}")
     finally:

@@ -41,7 +41,7 @@ def w1_keep(event: dict[str, Any]) -> bool:
 def w1_transform(event: dict[str, Any]) -> dict[str, Any]:
     """W1 transform: project, convert to integer cents, normalise the category."""
     return {"id": event["id"], "user": event["user"],
-            "amount_cents": int(round(event["amount"] * 100)),
+            "amount_cents": round(event["amount"] * 100),
             "category": event["category"].upper()}
 
 

@@ -30,7 +30,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workloads import FirstSeen, w1_keep, w1_transform, w4_words  # noqa: E402
+from workloads import FirstSeen, w1_keep, w1_transform, w4_words
 
 Emit = Callable[[bytes | None, bytes], None]
 # The input record's timestamp, carried to its outputs as the frameworks do (W5 measures

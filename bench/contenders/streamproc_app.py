@@ -22,12 +22,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-from workloads import FirstSeen, w1_keep, w1_transform, w4_words  # noqa: E402
+from workloads import FirstSeen, w1_keep, w1_transform, w4_words
 
-from streamproc import Topology, codecs  # noqa: E402
-from streamproc.config import load_settings  # noqa: E402
-from streamproc.logs import configure  # noqa: E402
-from streamproc.runtime.app import Application  # noqa: E402
+from streamproc import Topology, codecs
+from streamproc.config import load_settings
+from streamproc.logs import configure
+from streamproc.runtime.app import Application
 
 
 def build(workload: str, app_id: str, source: str, sink: str) -> Topology:

@@ -151,7 +151,10 @@ class Application:
         next_stats = time.monotonic() + _STATS_EVERY_S
         poll_s = s.poll_timeout_ms / 1000
         while not self._stop:
-            msgs = consumer.consume(s.consume_batch_size, 0.0 if restorer.active else poll_s)
+            # Never block past the next checkpoint: under exactly-once the output becomes
+            # visible only when it commits, so a late barrier is added latency.
+            wait = 0.0 if restorer.active else min(poll_s, next_checkpoint - time.monotonic())
+            msgs = consumer.consume(s.consume_batch_size, max(wait, 0.0))
             if msgs:
                 self._route(msgs)
                 faults.hit("after_process")
@@ -162,7 +165,9 @@ class Application:
             now = time.monotonic()
             if now >= next_checkpoint:
                 self._checkpoint("interval")
-                next_checkpoint = time.monotonic() + interval
+                # A fixed cadence (the interval is the period, not the gap after a checkpoint),
+                # without bursts of catch-up checkpoints after a slow one.
+                next_checkpoint = max(next_checkpoint + interval, time.monotonic())
             if now >= next_stats:
                 next_stats = now + _STATS_EVERY_S
                 self._log_stats()

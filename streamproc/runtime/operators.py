@@ -167,7 +167,7 @@ def _decode_error(exc: Exception, m: Origin, kdec: Callable[[Any], Any],
             dec(raw)
         except CodecError as codec_exc:
             return codec_exc
-        except Exception:  # noqa: BLE001 - the original exception is the better report
+        except Exception:
             return exc
     return exc
 
@@ -315,7 +315,8 @@ def _aggregate(node: AggregateNode, down: Push, ctx: TaskContext) -> Push:
                 continue
             cache[kb] = acc
             mark(kb)
-            append(Record(r.key, _snapshot(acc), r.timestamp, r.origin))
+            append(Record(r.key, acc.copy() if type(acc) in _MUTABLE else acc, r.timestamp,
+                          r.origin))
         if out:
             down(out)
 
@@ -482,7 +483,7 @@ def _encode_error(exc: Exception, r: Record, kenc: Callable[[Any], Any],
             enc(obj)
         except CodecError as codec_exc:
             return codec_exc
-        except Exception as other:  # noqa: BLE001 - reported as a codec failure below
+        except Exception as other:
             exc = other
             break
     return CodecError(where, f"{type(exc).__name__}: {exc}")

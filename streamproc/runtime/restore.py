@@ -113,7 +113,7 @@ class Restorer:
             if part != cur_part or topic != cur_topic or err is not None:
                 if records is not None:
                     nbytes[tp] = nbytes.get(tp, 0) + size
-                cur_topic, cur_part, size = topic, part, 0
+                cur_topic, cur_part, size = topic, part or 0, 0
                 tp = TopicPartition(topic or "", part or 0)
                 records = None
                 if tp not in self._active:
@@ -142,7 +142,7 @@ class Restorer:
             value = m.value()
             records.append((key, value))
             size += len(key) + (len(value) if value else 0)
-            last[tp] = m.offset()
+            last[tp] = m.offset() or 0
         if records is not None:
             nbytes[tp] = nbytes.get(tp, 0) + size
         now = time.monotonic()

@@ -342,3 +342,44 @@ def test_model_encode_of_an_invalid_dict_is_a_codec_error():
 def test_model_encode_refuses_an_instance_of_another_model():
     with pytest.raises(CodecError):
         codecs.model(Order).encode(Other(x=1.5))
+
+
+# -- fast paths ------------------------------------------------------------------------------
+def test_fast_paths_exist_for_json_and_string_and_agree_with_the_methods():
+    from streamproc.codecs.base import fast_decoder, fast_encoder
+
+    for codec, obj in ((codecs.json(), {"a": [1, 2.5, "x"]}), (codecs.string(), "héllo")):
+        dec, enc = fast_decoder(codec), fast_encoder(codec)
+        assert dec is not None and enc is not None
+        raw = codec.encode(obj)
+        assert enc(obj) == raw and dec(raw) == codec.decode(raw) == obj
+    assert fast_decoder(codecs.raw()) is None and fast_encoder(codecs.int64()) is None
+
+
+def test_a_subclass_overriding_decode_is_not_bypassed_by_the_inherited_fast_path():
+    from streamproc.codecs.base import fast_decoder, fast_encoder
+    from streamproc.codecs.basic import JsonCodec
+
+    class Upper(JsonCodec):
+        def decode(self, data):
+            return str(super().decode(data)).upper()
+
+    assert fast_decoder(Upper()) is None
+    assert fast_encoder(Upper()) is not None  # encode is not overridden
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300, deadline=None)
+def test_fast_json_and_string_decoders_fail_exactly_where_the_codecs_fail(data):
+    from streamproc.codecs.base import fast_decoder
+
+    for codec in (codecs.json(), codecs.string()):
+        fast = fast_decoder(codec)
+        assert fast is not None
+        try:
+            expected = codec.decode(data)
+        except CodecError:
+            with pytest.raises(Exception):  # noqa: B017 - any exception triggers the slow path
+                fast(data)
+        else:
+            assert fast(data) == expected

@@ -668,3 +668,49 @@ def test_process_emitting_a_new_str_key_can_be_grouped(harness):
     assert ctx.errors == []
     assert [(tp, v) for tp, _, v, _, _ in ctx.sent] == [
         ("proc-by-user-repartition", b'{"user":"u1"}')]
+
+
+# -- fast paths: same results and same errors as the codecs' own methods ---------------------
+def test_unserializable_json_output_reports_the_json_codec_error(harness):
+    t = Topology("errs")
+    t.source("in").map(lambda v: {"when": object()}).to("out", value=codecs.json(), name="sink")
+    entries, ctx = harness(t)
+    msg = Msg(b"1", b"k")
+    entries["in"]([msg])
+    ((origin, exc, where),) = ctx.errors
+    assert (origin, type(exc), exc.codec, where) == (msg, CodecError, "json", "sink")
+    assert str(exc).startswith("json: not JSON-serializable: ")
+    assert ctx.sent == []
+
+
+def test_null_keys_and_tombstones_pass_through_fast_codecs(harness):
+    t = Topology("nulls")
+    t.source("in", key=codecs.string(), value=codecs.json()).to(
+        "out", key=codecs.string(), value=codecs.json())
+    entries, ctx = harness(t)
+    entries["in"]([Msg(None, None), Msg(b'{"a":1}', None), Msg(None, b"k")])
+    assert ctx.errors == []
+    assert ctx.sent == [("out", None, None, 1000, None), ("out", None, b'{"a":1}', 1000, None),
+                        ("out", b"k", None, 1000, None)]
+
+
+def test_a_full_producer_queue_is_waited_out_and_each_record_sent_once(harness):
+    t = Topology("full")
+    t.source("in").to("out")
+    entries, ctx = harness(t)
+    refusals = [3]  # the local queue refuses the first record three times
+    waits: list[int] = []
+
+    def producer():
+        def produce(topic, value, key, *, timestamp, headers):
+            if refusals[0]:
+                refusals[0] -= 1
+                raise BufferError("Local: Queue full")
+            ctx.sent.append((topic, key, value, timestamp, headers))
+        return produce, lambda: waits.append(1)
+
+    ctx.producer = producer
+    entries["in"]([Msg(b"1", b"a"), Msg(b"2", b"b")])
+    assert ctx.sent == [("out", b"a", b"1", 1000, None), ("out", b"b", b"2", 1000, None)]
+    assert len(waits) == 3
+    assert ctx.produced_count == 2

@@ -1,0 +1,46 @@
+"""The benchmark harness cannot rot: its smoke mode runs every workload with every contender
+(streamproc, Quix Streams in its own virtualenv, the bare-client ceiling) on a tiny input
+against the real broker, and every run's output must be exactly the expected one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(1200)
+def test_every_contender_produces_the_exact_expected_output(kafka: str, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+        env={**os.environ, "STREAMPROC_BROKERS": kafka}, cwd=ROOT,
+        capture_output=True, text=True, timeout=1100)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    w = res["workloads"]
+    assert sorted(w) == ["W1", "W2", "W4", "W5", "W6"]
+    for name in ("W1", "W2", "W4"):
+        assert sorted(w[name]["results"]) == ["ceiling", "quix", "streamproc"]
+        for contender, by_g in w[name]["results"].items():
+            assert sorted(by_g) == ["alo", "eos"], (name, contender)
+            for g, summary in by_g.items():
+                runs = summary["runs"]
+                assert len(runs) == 1 and runs[0]["ok"], (name, contender, g, runs)
+                assert runs[0]["problems"] == [] and runs[0]["rps"] > 0
+    for contender, by_g in w["W5"]["results"].items():
+        for g, summary in by_g.items():
+            assert summary["ok"], (contender, g, summary)
+            run = summary["runs"][0]
+            assert run["received"] == run["sent"] > 0
+    assert sorted(w["W6"]["results"]) == ["quix", "streamproc"]
+    for contender, by_g in w["W6"]["results"].items():
+        r = by_g["eos"]
+        assert r["ok"], (contender, r)
+        assert r["restore_records"] == 5000 and r["kill_to_first_output_s"] > 0
