@@ -97,7 +97,10 @@ class Kafka:
         if committed != ends:  # the input is not transactional: offsets are exact
             return False
         for topic in self.topics_containing(internal_fragment):
-            if "repartition" not in topic:
+            # Repartition topics only: streamproc's {app}-{name}-repartition, Quix's
+            # repartition__*. Changelogs (Quix's may contain "repartition" in its name) are
+            # never committed by the group, only read on recovery.
+            if "repartition" not in topic or "changelog" in topic:
                 continue
             self._parts.pop(topic, None)  # created by the contender: partitions may be new
             committed, ends = self._offsets(group, topic)
