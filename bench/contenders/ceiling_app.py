@@ -131,7 +131,12 @@ def main() -> int:
     consumer.subscribe([args.input])
     next_commit = time.monotonic() + args.commit_interval
     while not stopping:
-        batch = consumer.consume(5000, 0.1)
+        # Take what is queued; if nothing, wait for one message, then take what came with it
+        # (a blocking batch consume would wait out its timeout unless the batch fills up).
+        batch = consumer.consume(5000, 0)
+        if not batch:
+            first_msg = consumer.poll(0.1)
+            batch = [first_msg, *consumer.consume(4999, 0)] if first_msg is not None else []
         if batch and not first.seen:
             first.mark()
         for m in batch:

@@ -63,7 +63,11 @@ def main() -> int:
     settings = load_settings(
         state_dir=args.state_dir,
         processing_guarantee="exactly_once" if args.guarantee == "eos" else "at_least_once",
-        commit_interval_ms=int(args.commit_interval * 1000), log_level="warning")
+        commit_interval_ms=int(args.commit_interval * 1000), log_level="warning",
+        # A stable identity, as a StatefulSet pod name would give: a replacement instance with
+        # an empty state dir rejoins as the same static member instead of waiting for the old
+        # one's session to expire.
+        instance_id="bench-0")
     app = Application(build(args.workload, args.group, args.input, args.output), settings,
                       bootstrap=args.brokers)
     first = FirstSeen(args.stats)

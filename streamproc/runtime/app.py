@@ -154,7 +154,7 @@ class Application:
             # Never block past the next checkpoint: under exactly-once the output becomes
             # visible only when it commits, so a late barrier is added latency.
             wait = 0.0 if restorer.active else min(poll_s, next_checkpoint - time.monotonic())
-            msgs = consumer.consume(s.consume_batch_size, max(wait, 0.0))
+            msgs = self._consume(s.consume_batch_size, max(wait, 0.0))
             if msgs:
                 self._route(msgs)
                 faults.hit("after_process")
@@ -171,6 +171,24 @@ class Application:
             if now >= next_stats:
                 next_stats = now + _STATS_EVERY_S
                 self._log_stats()
+
+    def _consume(self, n: int, wait_s: float) -> list[Any]:
+        """Up to ``n`` messages, waiting at most ``wait_s`` for the first one.
+
+        librdkafka's batch consume waits out its whole timeout unless the batch fills up, which
+        adds up to a poll timeout of latency at moderate rates. So: take what is queued, and if
+        nothing is, wait for one message (poll returns as soon as there is one), then take what
+        arrived with it.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        msgs: list[Any] = consumer.consume(n, 0)
+        if msgs or wait_s <= 0:
+            return msgs
+        first = consumer.poll(wait_s)
+        if first is None:
+            return []
+        return [first, *consumer.consume(n - 1, 0)] if n > 1 else [first]
 
     def _route(self, msgs: list[Any]) -> None:
         buckets: dict[TopicPartition, list[Any]] = {}
