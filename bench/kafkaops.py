@@ -66,6 +66,13 @@ class Kafka:
             raise RuntimeError(f"could not deliver the input to {topic}")
         return n
 
+    def produce_to_partitions(self, topic: str, partitions: int, key: str) -> None:
+        p = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True})
+        for part in range(partitions):
+            p.produce(topic, b'{"probe":1}', f"{key}-{part}".encode(), part)
+        if p.flush(30):
+            raise RuntimeError(f"could not deliver probes to {topic}")
+
     # -- progress ----------------------------------------------------------------------------
     def _offsets(self, group: str, topic: str) -> tuple[list[int], list[int]]:
         # One long-lived, never-subscribed consumer per group: creating one per poll would

@@ -120,7 +120,7 @@ def latency_workload(kafka: Kafka, args: argparse.Namespace, work: Path,
         rate = int(min(maxima) * 0.5) if maxima else 5000
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         c: {g: [] for g in args.guarantees} for c in args.contenders}
-    for rep in range(args.reps):
+    for rep in range(args.w5_reps or args.reps):
         for g in args.guarantees:
             for c in args.contenders:
                 r = latency_run(kafka, c, g, rate, args.w5_seconds, args.keys,

@@ -62,14 +62,15 @@ class Usage:
 class Contender:
     """One run of one contender: start, wait for its first record, stop, account."""
 
-    def __init__(self, contender: str, args: dict[str, str], log: Path) -> None:
+    def __init__(self, contender: str, args: dict[str, str], log: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.stats = Path(args["stats"])
         self.stats.unlink(missing_ok=True)
         argv = command(contender)
         for k, v in args.items():
             argv += [f"--{k.replace('_', '-')}", v]
         self.log = log
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         env.pop("PYTHONPATH", None)
         with log.open("w") as f:
             self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env,

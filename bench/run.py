@@ -224,6 +224,7 @@ def main() -> int:
     ap.add_argument("--w5-rate", type=int, default=0,
                     help="W5 input rate; default half the slowest contender's W2 EOS rate")
     ap.add_argument("--w5-seconds", type=float, default=30.0)
+    ap.add_argument("--w5-reps", type=int, default=0, help="default: --reps")
     ap.add_argument("--w6-keys", type=int, default=1_000_000)
     ap.add_argument("--out", type=Path, default=BENCH / "results.json")
     ap.add_argument("--no-report", action="store_true")

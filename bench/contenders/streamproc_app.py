@@ -59,11 +59,13 @@ def main() -> int:
     ap.add_argument("--commit-interval", type=float, default=1.0)
     args = ap.parse_args()
 
-    configure("warning", "json")
+    # STREAMPROC_LOG_LEVEL=info makes the restore figures visible (W6 reads them).
+    level = os.environ.get("STREAMPROC_LOG_LEVEL", "warning")
+    configure(level, "json")
     settings = load_settings(
         state_dir=args.state_dir,
         processing_guarantee="exactly_once" if args.guarantee == "eos" else "at_least_once",
-        commit_interval_ms=int(args.commit_interval * 1000), log_level="warning",
+        commit_interval_ms=int(args.commit_interval * 1000), log_level=level,
         # A stable identity, as a StatefulSet pod name would give: a replacement instance with
         # an empty state dir rejoins as the same static member instead of waiting for the old
         # one's session to expire.
@@ -91,7 +93,7 @@ def main() -> int:
 
     prof = cProfile.Profile()
     code = prof.runcall(app.run)
-    prof.dump_stats(f"{profile}.{args.workload}.{args.guarantee}")
+    prof.dump_stats(f"{profile}.{args.workload}.{args.guarantee}.{os.getpid()}")
     return int(code)
 
 
