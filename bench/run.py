@@ -233,6 +233,11 @@ def main() -> int:
         args.records, args.lines, args.keys, args.reps = 3000, 1000, 300, 1
         args.w5_seconds, args.w6_keys, args.commit_interval = 5.0, 5000, 0.5
         args.w5_rate = args.w5_rate or 500
+    if not args.no_report and not args.smoke:
+        try:  # fail now, not after an hour of measuring
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("the chart needs matplotlib: pip install -e '.[bench]' (or --no-report)")
     args.contenders = args.contenders.split(",")
     args.guarantees = args.guarantees.split(",")
     selected = args.workloads.split(",")
