@@ -97,25 +97,30 @@ class Restorer:
             return []
         consumer = self._client()
         msgs = consumer.consume(self._batch_size, timeout_s)
-        pending: dict[TopicPartition, list[tuple[bytes, bytes | None]]] = {}
+        # Per changelog partition: the RocksDB batch being filled, its record count and bytes.
+        pending: dict[TopicPartition, list[Any]] = {}
         last: dict[TopicPartition, int] = {}
         ended: dict[TopicPartition, int] = {}
-        nbytes: dict[TopicPartition, int] = {}
         # Runs of one partition: the per-partition lookups happen once per run, not per record.
         cur_topic: str | None = None
         cur_part = -1
         tp = TopicPartition("", -1)
-        records: list[tuple[bytes, bytes | None]] | None = None
-        size = 0
+        acc: list[Any] | None = None  # [batch, records, bytes] of the current run's partition
+        put: Any = None
+        delete: Any = None
+        last_m: Any = None
+        count = size = 0
         for m in msgs:
             err = m.error()
             part, topic = m.partition(), m.topic()
             if part != cur_part or topic != cur_topic or err is not None:
-                if records is not None:
-                    nbytes[tp] = nbytes.get(tp, 0) + size
-                cur_topic, cur_part, size = topic, part or 0, 0
+                if acc is not None and count:  # close the previous run
+                    acc[1] += count
+                    acc[2] += size
+                    last[tp] = last_m.offset()
+                cur_topic, cur_part, count, size = topic, part or 0, 0, 0
                 tp = TopicPartition(topic or "", part or 0)
-                records = None
+                acc = None
                 if tp not in self._active:
                     cur_part = -1
                     continue  # a late message for a store we stopped restoring
@@ -128,31 +133,40 @@ class Restorer:
                         self._rebuild(tp, str(err))
                         pending.pop(tp, None)
                         last.pop(tp, None)
-                        nbytes.pop(tp, None)
                     else:
                         log.warning("restore.consume_error", changelog=tp.topic,
                                     partition=tp.partition, error=str(err))
                     continue
-                records = pending.setdefault(tp, [])
-            elif records is None:
+                acc = pending.get(tp)
+                if acc is None:
+                    acc = pending[tp] = [self._active[tp].store.restore_batch(), 0, 0]
+                put, delete = acc[0].put, acc[0].delete
+            elif acc is None:
                 continue  # the rest of a run we skip (not restoring that partition)
             key = m.key()
             if key is None:
                 continue  # not a changelog record of ours
             value = m.value()
-            records.append((key, value))
-            size += len(key) + (len(value) if value else 0)
-            last[tp] = m.offset() or 0
-        if records is not None:
-            nbytes[tp] = nbytes.get(tp, 0) + size
+            if value is None:
+                delete(key)
+            else:
+                put(key, value)
+                size += len(value)
+            size += len(key)
+            count += 1
+            last_m = m
+        if acc is not None and count:
+            acc[1] += count
+            acc[2] += size
+            last[tp] = last_m.offset()
         now = time.monotonic()
-        for tp, records in pending.items():
-            if not records:
+        for tp, (batch, n, nbytes) in pending.items():
+            if not n:
                 continue
             r = self._active[tp]
-            r.store.apply_changelog(records, last[tp] + 1)
-            r.records += len(records)
-            r.bytes += nbytes.get(tp, 0)
+            r.store.apply_restore_batch(batch, last[tp] + 1)
+            r.records += n
+            r.bytes += nbytes
             faults.hit("mid_restore")
             if now - r.last_log >= _PROGRESS_EVERY_S:
                 r.last_log = now

@@ -183,6 +183,17 @@ class KeyValueStore:
         """Apply a batch of changelog records (many per WriteBatch, never one each)."""
         self.commit(records, next_offset)
 
+    @staticmethod
+    def restore_batch() -> rocksdict.WriteBatch:
+        """An empty batch the restorer fills straight from consumed changelog records (``put``,
+        ``delete`` for a tombstone): no intermediate list on the restore hot path."""
+        return rocksdict.WriteBatch(raw_mode=True)
+
+    def apply_restore_batch(self, batch: rocksdict.WriteBatch, next_offset: int) -> None:
+        """Write a filled restore batch together with the changelog offset it reaches."""
+        batch.put(_CHANGELOG_OFFSET, _OFFSET.pack(next_offset), self._meta_handle)
+        self.db.write(batch)
+
     def items(self) -> Iterator[tuple[bytes, Any]]:
         """Committed content, decoded (for tests and state inspection)."""
         for key, raw in self.db.items():
