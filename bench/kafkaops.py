@@ -11,9 +11,10 @@ import contextlib
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamproc.kafka import io
 from streamproc.kafka.io import pending_records
 
 
@@ -50,28 +51,13 @@ class Kafka:
 
     # -- input -------------------------------------------------------------------------------
     def produce(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
-        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20,
-                      "batch.num.messages": 10000, "queue.buffering.max.messages": 1_000_000,
-                      "enable.idempotence": True, "partitioner": "murmur2_random"})
-        n = 0
-        for key, value in records:
-            while True:
-                try:
-                    p.produce(topic, value, key)
-                    break
-                except BufferError:
-                    p.poll(0.1)
-            n += 1
-        if p.flush(120):
-            raise RuntimeError(f"could not deliver the input to {topic}")
-        return n
+        return io.produce(self.bootstrap, topic, records)
 
-    def produce_to_partitions(self, topic: str, partitions: int, key: str) -> None:
-        p = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True})
+    def produce_to_partitions(self, topic: str, partitions: int,
+                              records: list[tuple[bytes, bytes]]) -> None:
+        """The same records into every partition (explicitly, whatever their key hashes to)."""
         for part in range(partitions):
-            p.produce(topic, b'{"probe":1}', f"{key}-{part}".encode(), part)
-        if p.flush(30):
-            raise RuntimeError(f"could not deliver probes to {topic}")
+            io.produce(self.bootstrap, topic, records, partition=part)
 
     # -- progress ----------------------------------------------------------------------------
     def _offsets(self, group: str, topic: str) -> tuple[list[int], list[int]]:
@@ -120,26 +106,11 @@ class Kafka:
         return True
 
     # -- output ------------------------------------------------------------------------------
-    def read(self, topic: str, timeout_s: float = 120.0) -> list[tuple[bytes | None, bytes | None]]:
-        """Every committed record of ``topic``, partition by partition in offset order."""
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-reader",
-                      "isolation.level": "read_committed", "enable.auto.commit": False,
-                      "enable.partition.eof": True, "auto.offset.reset": "earliest"})
-        per_part: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
-        try:
-            parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
-            c.assign([TopicPartition(topic, p, 0) for p in parts])
-            pending = set(parts)
-            deadline = time.monotonic() + timeout_s
-            while pending and time.monotonic() < deadline:
-                for m in c.consume(10_000, 0.5):
-                    err = m.error()
-                    if err is None:
-                        per_part.setdefault(m.partition() or 0, []).append((m.key(), m.value()))
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-            if pending:
-                raise TimeoutError(f"{topic}: no end for partitions {sorted(pending)}")
-        finally:
-            c.close()
-        return [r for p in sorted(per_part) for r in per_part[p]]
+    def read(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+        """Every committed record of ``topic`` (per partition in offset order)."""
+        return [(r.key, r.value) for r in io.read_all(self.bootstrap, topic, timeout_s=120)]
+
+    def discard(self, group: str) -> None:
+        """Forget a finished run's group and delete every topic named after it."""
+        self.forget(group)
+        self.delete(self.topics_containing(group))

@@ -107,7 +107,7 @@ def latency_run(kafka: Kafka, contender: str, guarantee: str, rate: int, seconds
         out["problems"].append(f"{type(exc).__name__}: {exc}")
     finally:
         reader.close()
-        kafka.delete(kafka.topics_containing(group))
+        kafka.discard(group)
     return out
 
 

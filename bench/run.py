@@ -87,8 +87,7 @@ def drain_run(kafka: Kafka, contender: str, workload: str, guarantee: str, input
         proc.stop()
         result["problems"].append(f"{type(exc).__name__}: {exc}")
     finally:
-        kafka.forget(group)
-        kafka.delete(kafka.topics_containing(group))
+        kafka.discard(group)
         shutil.rmtree(state, ignore_errors=True)
     return result
 

@@ -243,7 +243,7 @@ class Application:
         task = Task(
             tid, st, app_dir=self._statedir.path,
             changelog_topic=lambda store: changelogs[store][1],
-            send=self._collector.send, producer=self._collector.producer,
+            producer=self._collector.producer,
             produced=self._collector.count_produced, on_error=self._on_error,
             cache_max_keys=self.settings.state_cache_max_keys,
             max_record_bytes=MAX_RECORD_BYTES,

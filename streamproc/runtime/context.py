@@ -10,17 +10,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from streamproc.state.store import KeyValueStore
-from streamproc.types import Headers, Origin
+from streamproc.types import Origin
 
 
 class TaskContext(Protocol):
     partition: int
 
     def store(self, name: str) -> KeyValueStore: ...
-
-    def send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
-             headers: Headers | None) -> None:
-        """Produce one record (inside the current transaction under exactly-once)."""
 
     def producer(self) -> tuple[Callable[..., None], Callable[[], None]]:
         """The hot path's ``(produce, wait_for_room)``: confluent-kafka's ``Producer.produce``

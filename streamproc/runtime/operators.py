@@ -315,6 +315,7 @@ def _aggregate(node: AggregateNode, down: Push, ctx: TaskContext) -> Push:
                 continue
             cache[kb] = acc
             mark(kb)
+            # _snapshot(acc), inlined: one call less per record.
             append(Record(r.key, acc.copy() if type(acc) in _MUTABLE else acc, r.timestamp,
                           r.origin))
         if out:

@@ -10,7 +10,7 @@ from typing import Any
 from streamproc.graph.compile import SubTopology
 from streamproc.runtime.operators import SourcePush, build_pipeline
 from streamproc.state.store import KeyValueStore
-from streamproc.types import Headers, Origin, TaskId, TopicPartition
+from streamproc.types import Origin, TaskId, TopicPartition
 
 
 class TaskState(enum.Enum):
@@ -33,7 +33,6 @@ class Task:
         *,
         app_dir: Path,
         changelog_topic: Callable[[str], str],
-        send: Callable[[str, bytes | None, bytes | None, int, Headers | None], None],
         producer: Callable[[], tuple[Callable[..., None], Callable[[], None]]],
         produced: Callable[[int], None],
         on_error: Callable[[Origin, BaseException, str], None],
@@ -53,7 +52,6 @@ class Task:
         self.changelog_topics = {name: changelog_topic(name) for name in self.stores}
         self.next_offsets: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
-        self.send = send
         self.producer = producer
         self.produced = produced
         self.on_error = on_error
