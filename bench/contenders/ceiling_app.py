@@ -9,8 +9,9 @@ producer settings as streamproc, and the same commit protocol:
 - alo: every interval, ``flush()`` the producer, then commit the positions synchronously.
 
 W2/W4 keep their counts in a plain dict: no RocksDB, no changelog, no repartition topic (one
-process owns every partition, so a global dict is correct). That is what makes it a ceiling,
-not a peer: it is not fault tolerant.
+process owns every partition, so a global dict is correct). W3 keeps its open windows in a dict
+per input partition, closed by that partition's event time like the frameworks' windows. That
+is what makes it a ceiling, not a peer: it is not fault tolerant.
 
     python bench/contenders/ceiling_app.py --workload W1 --guarantee eos --brokers HOST:PORT \
         --input T --output T --group G --commit-interval 1.0 --state-dir D --stats FILE
@@ -30,9 +31,19 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workloads import FirstSeen, w1_keep, w1_transform, w4_words
+from workloads import (
+    W3_GRACE_MS,
+    W3_WINDOW_MS,
+    FirstSeen,
+    w1_keep,
+    w1_transform,
+    w3_add,
+    w3_init,
+    w4_words,
+)
 
 Emit = Callable[[bytes | None, bytes], None]
+NEVER = 2**63 - 1  # no window open: nothing to close until one opens
 # The input record's timestamp, carried to its outputs as the frameworks do (W5 measures
 # latency from it).
 current_ts = [0]
@@ -64,6 +75,42 @@ def make_step(workload: str, emit: Emit) -> Callable[[bytes | None, bytes], None
                 emit(k, dumps(n))
         return w4
     raise SystemExit(f"unknown workload {workload}")
+
+
+def make_windows(produce: Callable[[bytes | None, bytes, int], None]
+                 ) -> Callable[[int, bytes | None, bytes, int], None]:
+    """W3: per (partition, record) with its event time. A partition's windows close, and are
+    emitted once, when its highest event time seen reaches end + grace; a record for a window
+    already closed is dropped as late (there are none in W3's input)."""
+    loads, dumps = orjson.loads, orjson.dumps
+    size, grace = W3_WINDOW_MS, W3_GRACE_MS
+    # partition -> window start -> key -> aggregate; a partition has about two windows open.
+    open_: dict[int, dict[int, dict[bytes | None, dict[str, Any]]]] = {}
+    high: dict[int, int] = {}    # partition -> highest event time seen
+    closes: dict[int, int] = {}  # partition -> event time at which its oldest window closes
+
+    def window(part: int, key: bytes | None, value: bytes, ts: int) -> None:
+        start = ts - ts % size
+        windows = open_.get(part)
+        if windows is None:
+            windows = open_[part] = {}
+            high[part] = ts
+        elif start + size + grace <= high[part]:
+            return  # late
+        accs = windows.get(start)
+        if accs is None:
+            accs = windows[start] = {}
+            closes[part] = min(closes.get(part, NEVER), start + size + grace)
+        acc = accs.get(key)
+        accs[key] = w3_add(w3_init() if acc is None else acc, loads(value))
+        if ts > high[part]:
+            high[part] = ts
+            if ts >= closes[part]:
+                for s in sorted(w for w in windows if w + size + grace <= ts):
+                    for k, a in windows.pop(s).items():
+                        produce(k, dumps({"start": s, "end": s + size, "value": a}), s + size)
+                closes[part] = min(windows) + size + grace if windows else NEVER
+    return window
 
 
 def main() -> int:
@@ -102,7 +149,17 @@ def main() -> int:
             poll(0.05)
             produce(out, value, key, timestamp=ts[0])
 
-    step = make_step(args.workload, emit)
+    def emit_at(key: bytes | None, value: bytes, timestamp: int) -> None:
+        try:
+            produce(out, value, key, timestamp=timestamp)
+        except BufferError:
+            poll(0.05)
+            produce(out, value, key, timestamp=timestamp)
+
+    # W3 needs each record's partition and timestamp and stamps its outputs with the window end;
+    # the other workloads keep the (key, value) step, untouched by W3.
+    window = make_windows(emit_at) if args.workload == "W3" else None
+    step = make_step(args.workload, emit) if window is None else None
     first = FirstSeen(args.stats)
     stopping = False
 
@@ -139,10 +196,15 @@ def main() -> int:
             batch = [first_msg, *consumer.consume(4999, 0)] if first_msg is not None else []
         if batch and not first.seen:
             first.mark()
-        for m in batch:
-            if m.error() is None:
-                ts[0] = m.timestamp()[1]
-                step(m.key(), m.value())
+        if step is not None:
+            for m in batch:
+                if m.error() is None:
+                    ts[0] = m.timestamp()[1]
+                    step(m.key(), m.value())
+        elif window is not None:
+            for m in batch:
+                if m.error() is None:
+                    window(m.partition(), m.key(), m.value(), m.timestamp()[1])
         poll(0)
         if time.monotonic() >= next_commit:
             commit()

@@ -1,9 +1,10 @@
 """The Quix Streams contender (quixstreams==3.28.1): the benchmark workloads written the way the
 Quix Streams documentation recommends — an ``Application``, ``app.topic`` with the built-in
-serializers, a ``StreamingDataFrame`` pipeline (``filter``/``apply``/``group_by``/``to_topic``)
-and ``stateful=True`` functions backed by Quix's RocksDB state with changelog topics.
+serializers, a ``StreamingDataFrame`` pipeline (``filter``/``apply``/``group_by``/``to_topic``),
+``stateful=True`` functions backed by Quix's RocksDB state with changelog topics, and for W3 a
+``tumbling_window(...).reduce(...).final()`` windowed aggregation.
 
-    python bench/contenders/quix_app.py --workload W1|W2|W4 --guarantee eos|alo \
+    python bench/contenders/quix_app.py --workload W1|W2|W3|W4 --guarantee eos|alo \
         --brokers HOST:PORT --input TOPIC --output TOPIC --group GROUP \
         --commit-interval SECONDS --state-dir DIR --stats FILE
 
@@ -22,7 +23,16 @@ from quixstreams import Application, State
 
 # The shared per-record logic lives in bench/workloads.py (the parent of this directory).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from workloads import FirstSeen, w1_keep, w1_transform, w4_words
+from workloads import (
+    W3_GRACE_MS,
+    W3_WINDOW_MS,
+    FirstSeen,
+    w1_keep,
+    w1_transform,
+    w3_add,
+    w3_init,
+    w4_words,
+)
 
 
 def count(_value: Any, state: State[str, int]) -> int:
@@ -32,9 +42,14 @@ def count(_value: Any, state: State[str, int]) -> int:
     return n
 
 
+def w3_first(event: dict[str, Any]) -> dict[str, Any]:
+    """W3: Quix's reduce initializer builds a window's aggregate from its first value."""
+    return w3_add(w3_init(), event)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workload", required=True, choices=["W1", "W2", "W4"])
+    p.add_argument("--workload", required=True, choices=["W1", "W2", "W3", "W4"])
     p.add_argument("--guarantee", required=True, choices=["eos", "alo"])
     p.add_argument("--brokers", required=True)
     p.add_argument("--input", required=True)
@@ -71,6 +86,15 @@ def build(args: argparse.Namespace) -> Application:
     if args.workload == "W1":
         sdf = sdf.filter(first.wrap(w1_keep))
         sdf = sdf.apply(w1_transform)
+    elif args.workload == "W3":
+        # Windows are per message key (the user) on the Kafka timestamp, CreateTime: W3's event
+        # time. The default closing strategy, "key", closes a key's windows only when that same
+        # key sees later event time; "partition" closes every key's windows by the partition's
+        # event time, as streamproc and the ceiling do, so the flush record at the end of each
+        # partition closes them all. Output value: {"start", "end", "value": the aggregate}.
+        sdf = (sdf.tumbling_window(W3_WINDOW_MS, grace_ms=W3_GRACE_MS, name="w3")
+               .reduce(w3_add, first.wrap(w3_first))
+               .final(closing_strategy="partition"))
     elif args.workload == "W2":
         # The input value is deserialized (Quix's default JSON) although W2 only counts keys:
         # that is what a Quix user gets from app.topic(name).
@@ -81,7 +105,8 @@ def build(args: argparse.Namespace) -> Application:
         # serializers), so each word's count lives in exactly one partition's state.
         sdf = sdf.group_by(lambda word: word, name="word")
         sdf = sdf.apply(count, stateful=True)
-    # The value is a dict (W1) or an int count (W2/W4); the JSON serializer writes e.g. b"17".
+    # The value is a dict (W1, W3) or an int count (W2/W4); the JSON serializer writes e.g.
+    # b"17".
     sdf.to_topic(output_topic)
     return app
 
