@@ -46,3 +46,7 @@ class ProcessingFailed(StreamprocError):
 
 class TransactionAborted(StreamprocError):
     """A checkpoint could not be committed; uncommitted work was discarded and will be replayed."""
+
+
+class NullKeyError(StreamprocError):
+    """A keyed (stateful) operator received a record without a key."""

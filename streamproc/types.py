@@ -59,3 +59,37 @@ class Record:
 
     def __repr__(self) -> str:
         return f"Record(key={self.key!r}, value={self.value!r}, timestamp={self.timestamp})"
+
+
+class Emitted:
+    """The origin of a record a window or timer emitted on its own (not in reply to a consumed
+    message): it has no topic coordinates, ``key()`` is the key's bytes (what downstream keyed
+    operators use) and ``watermark`` is the watermark it was emitted at."""
+
+    __slots__ = ("_key", "_timestamp", "watermark")
+
+    def __init__(self, key: bytes | None, timestamp: int, watermark: int) -> None:
+        self._key = key
+        self._timestamp = timestamp
+        self.watermark = watermark
+
+    def topic(self) -> str | None:
+        return None
+
+    def partition(self) -> int | None:
+        return None
+
+    def offset(self) -> int | None:
+        return None
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return None
+
+    def headers(self) -> Headers | None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp)  # TIMESTAMP_CREATE_TIME

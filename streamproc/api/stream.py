@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from streamproc.api.topology import Topology
+from streamproc.api.windowed import WindowedStream
 from streamproc.codecs.base import Codec
 from streamproc.codecs.basic import JsonCodec
 from streamproc.errors import TopologyError
@@ -24,6 +25,7 @@ from streamproc.graph.nodes import (
     SinkNode,
     StoreSpec,
 )
+from streamproc.time.windows import WindowSpec
 
 
 class Stream:
@@ -78,6 +80,7 @@ class Stream:
     def process(
         self, fn: Callable[..., None], *, store: str | None = None,
         state: Codec | None = None, key: Codec | None = None, name: str | None = None,
+        on_timer: Callable[..., None] | None = None,
     ) -> Stream:
         """Run ``fn(ctx, key, value)`` per record; it emits with ``ctx.emit(value, key=...)``.
 
@@ -85,10 +88,18 @@ class Stream:
         apply only if ``fn`` returns normally) and the stream is repartitioned first if its key
         changed. Emitting a new key marks the output as needing a repartition; ``key`` is the
         codec of emitted keys (default: the input's key codec).
+
+        With ``on_timer`` (a keyed process function), ``ctx.timers`` registers and deletes
+        per-key event-time timers (fire when the watermark reaches them) and processing-time
+        timers (fire when the wall clock does); ``on_timer(ctx, key, timestamp)`` then runs with
+        that key's ``ctx.state`` and may emit. Timers are checkpointed with the state.
         """
+        if on_timer is not None and not store:
+            raise TopologyError("process(on_timer=...) needs a store=: timers are kept per key")
         src = self._keyed(store) if store else self
         spec = StoreSpec(store, state or JsonCodec()) if store else None
-        node = ProcessNode(src._name("process", name), fn=fn, store=spec)
+        node = ProcessNode(src._name("process", name), fn=fn, store=spec, on_timer=on_timer,
+                           key_codec=src._key_codec or JsonCodec())
         return src._then(node, key_changed=True, key_codec=key or src._key_codec or JsonCodec())
 
     def branch(
@@ -202,9 +213,15 @@ class GroupedStream:
         return self._aggregate("aggregate", store, state, initializer, fn, name)
 
     def process(self, fn: Callable[..., None], *, store: str, state: Codec | None = None,
-                key: Codec | None = None, name: str | None = None) -> Stream:
-        """Keyed processing with the key's state: see :meth:`Stream.process`."""
-        return self.stream.process(fn, store=store, state=state, key=key, name=name)
+                key: Codec | None = None, name: str | None = None,
+                on_timer: Callable[..., None] | None = None) -> Stream:
+        """Keyed processing with the key's state and timers: see :meth:`Stream.process`."""
+        return self.stream.process(fn, store=store, state=state, key=key, name=name,
+                                   on_timer=on_timer)
+
+    def window(self, window: WindowSpec) -> WindowedStream:
+        """Aggregate per key and window (``streamproc.windows``): see :class:`WindowedStream`."""
+        return WindowedStream(self.stream, window)
 
 
 class _Unset:

@@ -27,7 +27,8 @@ class Topology:
     local state directory.
     """
 
-    def __init__(self, application_id: str, *, on_error: ErrorPolicy = "dead_letter") -> None:
+    def __init__(self, application_id: str, *, on_error: ErrorPolicy = "dead_letter",
+                 watermark_propagation: bool = True) -> None:
         if not _APP_ID.match(application_id):
             raise TopologyError(
                 f"application id {application_id!r} must be 1-200 characters of "
@@ -36,6 +37,10 @@ class Topology:
         _check_policy(on_error)
         self.application_id = application_id
         self.on_error: ErrorPolicy = on_error
+        # Behind a repartition, a task's watermark is the minimum over the upstream tasks'
+        # watermarks (control records in the topic). Off: the largest timestamp it has seen,
+        # like Kafka Streams' stream time (for comparison; skewed inputs then lose records).
+        self.watermark_propagation = watermark_propagation
         self.nodes: list[Node] = []
         self._counter = 0
 
@@ -66,9 +71,18 @@ class Topology:
         timestamp: TimestampChoice = "create_time",
         on_error: ErrorPolicy | None = None,
         name: str | None = None,
+        max_out_of_orderness_ms: int = 0,
+        idle_timeout_ms: int | None = None,
     ) -> Stream:
         """A stream of the records of one or more topics (their partitions are co-processed by
-        partition number). ``key``/``value`` default to raw bytes and JSON."""
+        partition number). ``key``/``value`` default to raw bytes and JSON.
+
+        Event time: ``timestamp`` is ``"create_time"`` (the producer's record timestamp),
+        ``"log_append_time"`` (the broker's), ``"processing_time"`` (the wall clock) or a
+        function extracting milliseconds from the decoded value. The watermark trails the
+        largest timestamp seen by ``max_out_of_orderness_ms``; with ``idle_timeout_ms`` it
+        follows the wall clock once a partition has been quiet that long (off by default: it
+        makes results depend on timing)."""
         from streamproc.api.stream import Stream
 
         if not topics:
@@ -80,10 +94,18 @@ class Topology:
             raise TopologyError(f"timestamp must be one of {_TIMESTAMPS} or a callable")
         policy = on_error or self.on_error
         _check_policy(policy)
+        if not isinstance(max_out_of_orderness_ms, int) or max_out_of_orderness_ms < 0:
+            raise TopologyError(f"max_out_of_orderness_ms must be >= 0, got "
+                                f"{max_out_of_orderness_ms!r}")
+        if idle_timeout_ms is not None and (not isinstance(idle_timeout_ms, int)
+                                            or idle_timeout_ms <= 0):
+            raise TopologyError(f"idle_timeout_ms must be a positive integer or None, got "
+                                f"{idle_timeout_ms!r}")
         key_codec = key or RawCodec()
         node = SourceNode(
             name=self._name("source", name), topics=tuple(topics), key_codec=key_codec,
             value_codec=value or JsonCodec(), timestamp=timestamp, on_error=policy,
+            max_out_of_orderness_ms=max_out_of_orderness_ms, idle_timeout_ms=idle_timeout_ms,
         )
         self._add(node)
         return Stream(self, node, key_codec=key_codec, repartition_required=False)

@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streamproc.codecs.basic import RawCodec
 from streamproc.errors import TopologyError
 from streamproc.graph.nodes import (
-    AggregateNode,
     Node,
-    ProcessNode,
     RepartitionNode,
     SinkNode,
     SourceNode,
     StoreSpec,
+    WindowNode,
 )
 
 if TYPE_CHECKING:
@@ -35,10 +35,25 @@ class SubTopology:
     repartition_sinks: list[RepartitionNode]
     sinks: list[SinkNode]
     parents: dict[str, list[str]] = field(default_factory=dict)
+    # The store holding the tasks' watermark state, when an operator acts on event time.
+    time_store: str | None = None
 
     @property
     def source_topics(self) -> list[str]:
         return [t for s in self.sources for t in s.topics]
+
+    @property
+    def time_aware(self) -> bool:
+        return self.time_store is not None
+
+    @property
+    def max_out_of_orderness_ms(self) -> int:
+        return max(s.max_out_of_orderness_ms for s in self.sources)
+
+    @property
+    def idle_timeout_ms(self) -> int | None:
+        given = [s.idle_timeout_ms for s in self.sources if s.idle_timeout_ms is not None]
+        return min(given) if given else None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -47,6 +62,7 @@ class SubTopology:
             "stores": [s.name for s in self.stores],
             "sink_topics": [s.topic for s in self.sinks],
             "repartition_topics": [r.topic for r in self.repartition_sinks],
+            "time_store": self.time_store,
             "nodes": [
                 {**n.describe(), "parents": self.parents.get(n.name, []),
                  "children": [c.name for c in self.children.get(n.name, [])]}
@@ -66,6 +82,10 @@ class CompiledTopology:
     changelog_topics: dict[str, tuple[int, str]] = field(default_factory=dict)
     # every source topic (user and internal) -> sub-topology id reading it
     topic_subtopology: dict[str, int] = field(default_factory=dict)
+    # topics that window operators send late records to (internal, created at start)
+    late_topics: list[str] = field(default_factory=list)
+    # downstream watermark = min over upstream tasks' watermarks (control records)
+    watermark_propagation: bool = True
 
     @property
     def user_source_topics(self) -> list[str]:
@@ -86,6 +106,8 @@ class CompiledTopology:
             "subtopologies": [st.describe() for st in self.subtopologies],
             "repartition_topics": sorted(self.repartition_topics),
             "changelog_topics": sorted(t for _, t in self.changelog_topics.values()),
+            "late_topics": self.late_topics,
+            "watermark_propagation": self.watermark_propagation,
         }
 
 
@@ -135,7 +157,8 @@ def compile_topology(topology: Topology) -> CompiledTopology:
         downstream[comp_of[rname]].add(comp_of[src.name])
     order = _toposort(list(groups), downstream)
 
-    compiled = CompiledTopology(topology.application_id, [], topology.dead_letter_topic)
+    compiled = CompiledTopology(topology.application_id, [], topology.dead_letter_topic,
+                                watermark_propagation=topology.watermark_propagation)
     store_names: set[str] = set()
     for sid, comp in enumerate(order):
         members = groups[comp]
@@ -146,17 +169,27 @@ def compile_topology(topology: Topology) -> CompiledTopology:
                 if p.name in member_names:
                     children[p.name].append(m)
         ordered = _toposort_nodes(members, parents)
+        specs = [spec for m in ordered for spec in m.stores]
+        time_store: str | None = None
+        if any(m.time_aware for m in ordered):
+            # Named after the sub-topology's first source, which stays put when operators are
+            # added or renamed downstream.
+            first = next(m for m in ordered if isinstance(m, SourceNode))
+            time_store = f"{first.name}.time"
+            specs.append(StoreSpec(time_store, RawCodec()))
         stores: list[StoreSpec] = []
-        for m in ordered:
-            spec = m.store if isinstance(m, AggregateNode | ProcessNode) else None
-            if spec is None:
-                continue
+        for spec in specs:
             if spec.name in store_names:
                 raise TopologyError(f"store name {spec.name!r} is used twice")
             store_names.add(spec.name)
             stores.append(spec)
             compiled.changelog_topics[spec.name] = (
                 sid, f"{topology.application_id}-{spec.name}-changelog")
+        for m in ordered:
+            if isinstance(m, WindowNode) and m.late == "side_output":
+                assert m.late_topic is not None
+                if m.late_topic not in compiled.late_topics:
+                    compiled.late_topics.append(m.late_topic)
         st = SubTopology(
             id=sid,
             sources=[m for m in ordered if isinstance(m, SourceNode)],
@@ -164,6 +197,7 @@ def compile_topology(topology: Topology) -> CompiledTopology:
             repartition_sinks=[m for m in ordered if isinstance(m, RepartitionNode)],
             sinks=[m for m in ordered if isinstance(m, SinkNode)],
             parents={m.name: [p.name for p in parents[m.name]] for m in members},
+            time_store=time_store,
         )
         for topic in st.source_topics:
             if topic in compiled.topic_subtopology:
@@ -173,12 +207,18 @@ def compile_topology(topology: Topology) -> CompiledTopology:
             compiled.topic_subtopology[topic] = sid
         compiled.subtopologies.append(st)
 
-    for rname, src in internal.items():
+    # Upstream first, so that settings inherited over several repartitions arrive in order.
+    for rname, src in sorted(internal.items(), key=lambda kv: order.index(comp_of[kv[0]])):
         rnode = next(n for n in nodes if n.name == rname)
         assert isinstance(rnode, RepartitionNode)
         up = order.index(comp_of[rname])
         down = order.index(comp_of[src.name])
         compiled.repartition_topics[rnode.topic] = (up, down, rnode.partitions)
+        # Records keep their timestamps through the topic, so the downstream side allows the
+        # same out-of-orderness and idleness as the sources that produced them.
+        upstream = compiled.subtopologies[up]
+        src.max_out_of_orderness_ms = upstream.max_out_of_orderness_ms
+        src.idle_timeout_ms = upstream.idle_timeout_ms
     return compiled
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamproc.codecs.base import Codec
+from streamproc.time.windows import WindowSpec
 from streamproc.types import ErrorPolicy
 
 # A timestamp choice: "create_time" / "log_append_time" take the Kafka record timestamp,
@@ -41,6 +42,16 @@ class Node:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "parents": [p.name for p in self.parents]}
 
+    @property
+    def stores(self) -> list[StoreSpec]:
+        """The state stores this node owns (one RocksDB per partition, each with a changelog)."""
+        return []
+
+    @property
+    def time_aware(self) -> bool:
+        """True when the node acts on the watermark or the wall clock (windows, timers)."""
+        return False
+
 
 @dataclass(eq=False)
 class SourceNode(Node):
@@ -50,10 +61,14 @@ class SourceNode(Node):
     timestamp: TimestampChoice = "create_time"
     on_error: ErrorPolicy = "dead_letter"
     internal: bool = False  # True for the downstream side of a repartition topic
+    max_out_of_orderness_ms: int = 0
+    idle_timeout_ms: int | None = None
 
     def describe(self) -> dict[str, Any]:
         ts = self.timestamp if isinstance(self.timestamp, str) else "extractor"
         return {**super().describe(), "topics": list(self.topics), "timestamp": ts,
+                "max_out_of_orderness_ms": self.max_out_of_orderness_ms,
+                "idle_timeout_ms": self.idle_timeout_ms,
                 "on_error": self.on_error, "key_codec": _codec_name(self.key_codec),
                 "value_codec": _codec_name(self.value_codec)}
 
@@ -81,13 +96,32 @@ class KeyByNode(Node):
 @dataclass(eq=False)
 class ProcessNode(Node):
     """User code with the record context: may emit any number of records and, when ``store`` is
-    set, read and write the state of the record's key."""
+    set, read and write the state of the record's key. With ``on_timer`` it is a keyed process
+    function: ``fn`` may register event-time and processing-time timers per key, and
+    ``on_timer(ctx, key, timestamp)`` runs when one fires (timers live in ``{store}.timers``)."""
 
     fn: Callable[..., None] = lambda ctx, key, value: None
     store: StoreSpec | None = None
+    on_timer: Callable[..., None] | None = None
+    key_codec: Codec | None = None  # of the input key: timers are stored by key bytes
+
+    @property
+    def timer_store(self) -> StoreSpec | None:
+        if self.on_timer is None or self.store is None:
+            return None
+        return StoreSpec(f"{self.store.name}.timers", self.store.value_codec)
+
+    @property
+    def stores(self) -> list[StoreSpec]:
+        return [s for s in (self.store, self.timer_store) if s is not None]
+
+    @property
+    def time_aware(self) -> bool:
+        return self.on_timer is not None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "store": self.store.name if self.store else None}
+        return {**super().describe(), "store": self.store.name if self.store else None,
+                "timers": self.on_timer is not None}
 
 
 @dataclass(eq=False)
@@ -103,8 +137,52 @@ class AggregateNode(Node):
     def kind(self) -> str:
         return self.operator
 
+    @property
+    def stores(self) -> list[StoreSpec]:
+        return [self.store] if self.store is not None else []
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "store": self.store.name if self.store else None}
+
+
+@dataclass(eq=False)
+class WindowNode(Node):
+    """A windowed keyed aggregation: ``initializer``/``adder`` fold a window's records,
+    ``merger`` combines two accumulators (session merges), ``result`` maps the accumulator to
+    the emitted value. Emits ``{"start", "end", "value"}`` per window (see time/windows.py)."""
+
+    window: WindowSpec | None = None
+    store: StoreSpec | None = None
+    initializer: Callable[[], Any] = lambda: None
+    adder: Callable[[Any, Any], Any] = lambda acc, v: acc
+    merger: Callable[[Any, Any], Any] | None = None
+    result: Callable[[Any], Any] | None = None
+    operator: str = "aggregate"
+    emit: str = "final"  # "final" | "update"
+    late: str = "drop"  # "drop" | "side_output" | "update"
+    allowed_lateness_ms: int = 0
+    early_every_ms: int | None = None
+    late_topic: str | None = None
+    key_codec: Codec | None = None
+
+    @property
+    def kind(self) -> str:
+        return f"window_{self.operator}"
+
+    @property
+    def stores(self) -> list[StoreSpec]:
+        return [self.store] if self.store is not None else []
+
+    @property
+    def time_aware(self) -> bool:
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        assert self.window is not None
+        return {**super().describe(), "store": self.store.name if self.store else None,
+                "window": self.window.describe(), "emit": self.emit, "late": self.late,
+                "allowed_lateness_ms": self.allowed_lateness_ms,
+                "early_every_ms": self.early_every_ms, "late_topic": self.late_topic}
 
 
 @dataclass(eq=False)

@@ -32,14 +32,25 @@ from streamproc.kafka.clients import consumer_config, producer_config, restore_c
 from streamproc.metrics import Metrics
 from streamproc.runtime import faults
 from streamproc.runtime.collector import Collector
+from streamproc.runtime.deadletter import dead_letter
 from streamproc.runtime.operators import MAX_RECORD_BYTES
-from streamproc.runtime.plan import needs_colocation, resolve
+from streamproc.runtime.plan import (
+    Plan,
+    control_partitions,
+    needs_colocation,
+    resolve,
+    upstream_tasks,
+)
 from streamproc.runtime.restore import Restorer
 from streamproc.runtime.statedir import StateDir
 from streamproc.runtime.task import Task
 from streamproc.types import Origin, TaskId, TopicPartition
 
 log = structlog.get_logger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 _STATS_EVERY_S = 10.0
 
@@ -67,6 +78,7 @@ class Application:
         self._collector: Collector | None = None
         self._restorer: Restorer | None = None
         self._reset_to = OFFSET_BEGINNING
+        self._plan: Plan | None = None
         self.processed = 0
         self.checkpoints = 0
 
@@ -93,7 +105,7 @@ class Application:
     # -- start and stop ------------------------------------------------------------------------
     def _start(self) -> None:
         s = self.settings
-        plan = resolve(self.compiled, TopicAdmin(self.bootstrap))
+        plan = self._plan = resolve(self.compiled, TopicAdmin(self.bootstrap))
         self._statedir.lock()
         instance = self._statedir.instance_id(s.instance_id)
         txid = f"{self.app_id}-{instance}" if self._eos else None
@@ -150,6 +162,8 @@ class Application:
         next_checkpoint = time.monotonic() + interval
         next_stats = time.monotonic() + _STATS_EVERY_S
         poll_s = s.poll_timeout_ms / 1000
+        timed = any(st.time_aware or st.repartition_sinks for st in self.compiled.subtopologies)
+        next_tick = time.monotonic()
         while not self._stop:
             # Never block past the next checkpoint: under exactly-once the output becomes
             # visible only when it commits, so a late barrier is added latency.
@@ -163,6 +177,14 @@ class Application:
                     self._start_task(task)
             collector.poll()
             now = time.monotonic()
+            if timed and now >= next_tick:
+                # Idleness, processing-time timers and early firings need the clock to move
+                # the task even when no input arrives.
+                next_tick = now + poll_s
+                wall = _now_ms()
+                for task in self.tasks.values():
+                    if task.running:
+                        task.tick(wall)
             if now >= next_checkpoint:
                 self._checkpoint("interval")
                 # A fixed cadence (the interval is the period, not the gap after a checkpoint),
@@ -238,6 +260,7 @@ class Application:
     # -- tasks ---------------------------------------------------------------------------------
     def _create_task(self, tid: TaskId) -> None:
         assert self._restorer is not None and self._collector is not None
+        assert self._plan is not None
         st = self.compiled.subtopologies[tid.subtopology]
         changelogs = self.compiled.changelog_topics
         task = Task(
@@ -247,6 +270,9 @@ class Application:
             produced=self._collector.count_produced, on_error=self._on_error,
             cache_max_keys=self.settings.state_cache_max_keys,
             max_record_bytes=MAX_RECORD_BYTES,
+            clock=_now_ms, count=self.metrics.inc,
+            upstream_tasks=upstream_tasks(self.compiled, st, self._plan.partitions),
+            control_partitions=control_partitions(self.compiled, st, self._plan.partitions),
         )
         wiped = task.open()
         if wiped:
@@ -357,10 +383,14 @@ class Application:
             offsets.update(t.uncommitted_offsets())
         changes = [(t, name, recs) for t in running
                    for name, recs in t.prepare_changes().items()]
-        if not offsets and not changes:
+        controls = [c for t in running for c in t.control_records()]
+        if not offsets and not changes and not controls:
             return True
         started = time.monotonic()
         try:
+            wall = _now_ms()
+            for topic, partition, payload, headers in controls:
+                collector.send(topic, None, payload, wall, list(headers), partition)
             for t, name, recs in changes:
                 topic = t.changelog_topics[name]
                 for key, value in recs:
@@ -411,33 +441,12 @@ class Application:
 
     # -- bad input -----------------------------------------------------------------------------
     def _on_error(self, origin: Origin, exc: BaseException, where: str) -> None:
-        topic = origin.topic() or ""
-        partition = origin.partition()
-        offset = origin.offset()
-        partition = -1 if partition is None else partition
-        offset = -1 if offset is None else offset
-        policy = self._policies.get(topic, self.topology.on_error)
-        if policy == "fail":
-            raise ProcessingFailed(where, topic, partition, offset, exc) from exc
-        etype = type(exc).__name__
-        message = str(exc)[:1000]
-        self.metrics.inc("records_failed_total", policy=policy, error_type=etype, topic=topic)
-        log.warning("record.dead_lettered" if policy == "dead_letter" else "record.skipped",
-                    topic=topic, partition=partition, offset=offset, operator=where,
-                    error_type=etype, error=message)
-        if policy == "dead_letter":
+        letter = dead_letter(origin, exc, where, self._policies, self.topology.on_error,
+                             self.metrics, _now_ms)
+        if letter is not None:
             assert self._collector is not None
-            ts = origin.timestamp()[1]
-            headers = [*(origin.headers() or []),
-                       ("streamproc.topic", topic.encode()),
-                       ("streamproc.partition", str(partition).encode()),
-                       ("streamproc.offset", str(offset).encode()),
-                       ("streamproc.timestamp", str(ts).encode()),
-                       ("streamproc.operator", where.encode()),
-                       ("streamproc.error.type", etype.encode()),
-                       ("streamproc.error.message", message.encode())]
-            self._collector.send(self.compiled.dead_letter_topic, origin.key(), origin.value(),
-                                 ts if ts > 0 else int(time.time() * 1000), headers)
+            key, value, ts, headers = letter
+            self._collector.send(self.compiled.dead_letter_topic, key, value, ts, headers)
 
     def _log_stats(self) -> None:
         restoring = sum(1 for t in self.tasks.values() if not t.running)

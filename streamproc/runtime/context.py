@@ -10,11 +10,31 @@ from collections.abc import Callable
 from typing import Protocol
 
 from streamproc.state.store import KeyValueStore
+from streamproc.time.watermarks import TaskTime
 from streamproc.types import Origin
+
+
+class TimedOperator(Protocol):
+    """An operator that acts on time (windows, timers), registered with its task."""
+
+    def start(self) -> None:
+        """The task's stores are restored: rebuild in-memory indexes from them."""
+
+    def advance(self, watermark: int, now_ms: int) -> None:
+        """Fire what is due at this watermark and wall-clock time (and emit it downstream)."""
 
 
 class TaskContext(Protocol):
     partition: int
+    time: TaskTime
+
+    def now_ms(self) -> int:
+        """The wall clock in milliseconds (simulated by the test driver)."""
+
+    def register_timed(self, op: TimedOperator) -> None: ...
+
+    def count(self, metric: str, n: int = 1, **labels: str) -> None:
+        """Add to a counter of the instance's metrics."""
 
     def store(self, name: str) -> KeyValueStore: ...
 

@@ -10,12 +10,11 @@ call per record per operator, which is the dominant cost of this engine (design.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamproc.codecs.base import fast_decoder, fast_encoder
-from streamproc.errors import CodecError, StreamprocError
+from streamproc.errors import CodecError, NullKeyError, StreamprocError
 from streamproc.graph.compile import SubTopology
 from streamproc.graph.nodes import (
     AggregateNode,
@@ -31,8 +30,12 @@ from streamproc.graph.nodes import (
     RepartitionNode,
     SinkNode,
     SourceNode,
+    WindowNode,
 )
 from streamproc.runtime.context import TaskContext
+from streamproc.runtime.process import MUTABLE, build_process
+from streamproc.runtime.windowing import WindowOperator
+from streamproc.time.watermarks import CONTROL_HEADER
 from streamproc.types import Origin, Record
 
 Push = Callable[[list[Record]], None]
@@ -40,30 +43,20 @@ SourcePush = Callable[[Sequence[Origin]], None]
 
 MAX_RECORD_BYTES = 1_000_000  # broker default message.max.bytes is ~1 MiB
 
-# Aggregates and state are treated as values: an accumulator or state object a user function
-# mutates in place must not change what was already emitted, or leak from a failed record.
-# A shallow copy of the built-in containers covers the common cases at a small cost.
-_MUTABLE = (list, dict, set, bytearray)
-
-
-_ABSENT: Any = object()
-
-
-def _snapshot(value: Any) -> Any:
-    return value.copy() if type(value) in _MUTABLE else value
-
-
-class NullKeyError(StreamprocError):
-    """A keyed (stateful) operator received a record without a key."""
-
-
 class RecordTooLarge(StreamprocError):
     """An output record is larger than the producer may send; it is bad input, not a crash."""
 
 
 def build_pipeline(st: SubTopology, ctx: TaskContext,
-                   max_record_bytes: int = MAX_RECORD_BYTES) -> dict[str, SourcePush]:
-    """Return, per source topic, the function that takes that topic's consumed messages."""
+                   max_record_bytes: int = MAX_RECORD_BYTES, *,
+                   track_time: bool = False) -> dict[str, SourcePush]:
+    """Return, per source topic, the function that takes that topic's consumed messages.
+
+    Sources track event time when the sub-topology acts on it, or ``track_time`` says so (its
+    watermark is propagated downstream); sources of repartition topics always do, because they
+    must take the control records out of the stream.
+    """
+    per_record = st.time_aware
     push_of: dict[str, Push] = {}
     entries: dict[str, SourcePush] = {}
     for node in reversed(st.nodes):
@@ -74,9 +67,11 @@ def build_pipeline(st: SubTopology, ctx: TaskContext,
             continue
         down = _fanout([push_of[c.name] for c in children])
         if isinstance(node, SourceNode):
-            entry = _source(node, down, ctx)
             for topic in node.topics:
-                entries[topic] = entry
+                if per_record or track_time or node.internal:
+                    entries[topic] = _timed_source(node, topic, down, ctx, per_record=per_record)
+                else:
+                    entries[topic] = _source(node, down, ctx)
         else:
             push_of[node.name] = _build(node, down, ctx, max_record_bytes)
     return entries
@@ -111,7 +106,9 @@ def _build(node: Node, down: Push, ctx: TaskContext, max_bytes: int) -> Push:
     if isinstance(node, AggregateNode):
         return _aggregate(node, down, ctx)
     if isinstance(node, ProcessNode):
-        return _process(node, down, ctx)
+        return build_process(node, down, ctx)
+    if isinstance(node, WindowNode):
+        return WindowOperator(node, down, ctx).push
     if isinstance(node, ArmNode | MergeNode):
         return down
     if isinstance(node, SinkNode | RepartitionNode):
@@ -133,7 +130,7 @@ def _source(node: SourceNode, down: Push, ctx: TaskContext) -> SourcePush:
     def push(msgs: Sequence[Origin]) -> None:
         out: list[Record] = []
         append = out.append
-        now = int(time.time() * 1000) if wall_clock else 0
+        now = ctx.now_ms() if wall_clock else 0
         for m in msgs:
             try:
                 raw = m.value()
@@ -150,6 +147,67 @@ def _source(node: SourceNode, down: Push, ctx: TaskContext) -> SourcePush:
                 on_error(m, _decode_error(exc, m, kdec, vdec), where)
                 continue
             append(Record(key, value, t, m))
+        if out:
+            down(out)
+
+    return push
+
+
+def _timed_source(node: SourceNode, topic: str, down: Push, ctx: TaskContext, *,
+                  per_record: bool) -> SourcePush:
+    """A source that also moves the task's event time: per record (so that windows and timers
+    see the watermark as of each record), or once per batch (when the watermark is only passed
+    on downstream). Watermark control records of a repartition topic update the upstream
+    watermarks and never reach an operator."""
+    assert node.key_codec is not None and node.value_codec is not None
+    kcodec, vcodec = node.key_codec, node.value_codec
+    kdec, vdec = kcodec.decode, vcodec.decode
+    kfast, vfast = fast_decoder(kcodec), fast_decoder(vcodec)
+    ts = node.timestamp
+    where, on_error, time = node.name, ctx.on_error, ctx.time
+    extract: Callable[[Any], int] | None = ts if callable(ts) else None
+    wall_clock = ts == "processing_time"
+    internal = node.internal
+    # Behind a repartition with propagation on, records do not move the watermark: the
+    # upstream tasks' control records do.
+    local = not (internal and time.expected)
+    observe = time.observe
+
+    def push(msgs: Sequence[Origin]) -> None:
+        out: list[Record] = []
+        append = out.append
+        now = ctx.now_ms()
+        time.begin_batch(now)
+        high, high_off = time.stream_time, -1
+        for m in msgs:
+            if internal:
+                headers = m.headers()
+                if headers and headers[0][0] == CONTROL_HEADER:
+                    time.control(topic, m.value() or b"{}", m.offset() or 0)
+                    continue
+            try:
+                raw = m.value()
+                value = vfast(raw) if vfast is not None and raw is not None else vdec(raw)
+                raw = m.key()
+                key = kfast(raw) if kfast is not None and raw is not None else kdec(raw)
+                if extract is not None:
+                    t = int(extract(value))
+                elif wall_clock:
+                    t = now
+                else:
+                    t = m.timestamp()[1]
+            except Exception as exc:
+                on_error(m, _decode_error(exc, m, kdec, vdec), where)
+                continue
+            if local:
+                if per_record:
+                    observe(t, m.offset() or 0)
+                else:
+                    high_off = m.offset() or 0
+                    high = max(high, t)
+            append(Record(key, value, t, m))
+        if high_off >= 0:
+            observe(high, high_off)
         if out:
             down(out)
 
@@ -276,15 +334,6 @@ def _branch(node: BranchNode, arms: list[Push], ctx: TaskContext) -> Push:
     return push
 
 
-def _store_key(r: Record) -> bytes:
-    # Keyed operators only ever follow a source or a repartition with the key unchanged, so the
-    # consumed key bytes *are* the key's encoding: no re-encoding per record.
-    kb = r.origin.key()
-    if kb is None:
-        raise NullKeyError("record has a null key; keyed operations need a key")
-    return kb
-
-
 def _aggregate(node: AggregateNode, down: Push, ctx: TaskContext) -> Push:
     assert node.store is not None
     store = ctx.store(node.store.name)
@@ -316,113 +365,8 @@ def _aggregate(node: AggregateNode, down: Push, ctx: TaskContext) -> Push:
             cache[kb] = acc
             mark(kb)
             # _snapshot(acc), inlined: one call less per record.
-            append(Record(r.key, acc.copy() if type(acc) in _MUTABLE else acc, r.timestamp,
+            append(Record(r.key, acc.copy() if type(acc) in MUTABLE else acc, r.timestamp,
                           r.origin))
-        if out:
-            down(out)
-
-    return push
-
-
-class KeyState:
-    """The state of the current record's key inside ``process``; writes apply only if the user
-    function returns normally (so a failed record leaves no partial state behind). Only
-    ``set``/``delete`` write: mutating what ``get`` returned changes nothing by itself."""
-
-    __slots__ = ("_key", "_pending", "_read", "_store")
-    _UNCHANGED: Any = object()
-    _DELETE: Any = object()
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self._key = b""
-        self._pending: Any = KeyState._UNCHANGED
-        self._read: Any = KeyState._UNCHANGED  # this record's snapshot of the stored value
-
-    def get(self, default: Any = None) -> Any:
-        p = self._pending
-        if p is KeyState._DELETE:
-            return default
-        if p is not KeyState._UNCHANGED:
-            return p
-        if self._read is KeyState._UNCHANGED:
-            # A copy, so that mutating it and then raising leaves the stored state untouched;
-            # reading alone never marks the key dirty (no changelog record for a read).
-            self._read = _snapshot(self._store.get(self._key, _ABSENT))
-        return default if self._read is _ABSENT else self._read
-
-    def set(self, value: Any) -> None:
-        self._pending = value
-
-    def delete(self) -> None:
-        self._pending = KeyState._DELETE
-
-
-class ProcessContext:
-    """Passed to ``process`` functions: the current record's metadata, its key's state and
-    ``emit``."""
-
-    __slots__ = ("_out", "_record", "state")
-
-    def __init__(self, state: KeyState | None) -> None:
-        self.state = state
-        self._out: list[Record] = []
-        self._record: Record | None = None
-
-    @property
-    def timestamp(self) -> int:
-        assert self._record is not None
-        return self._record.timestamp
-
-    @property
-    def topic(self) -> str | None:
-        assert self._record is not None
-        return self._record.origin.topic()
-
-    @property
-    def partition(self) -> int | None:
-        assert self._record is not None
-        return self._record.origin.partition()
-
-    @property
-    def offset(self) -> int | None:
-        assert self._record is not None
-        return self._record.origin.offset()
-
-    def emit(self, value: Any, *, key: Any = ..., timestamp: int | None = None) -> None:
-        r = self._record
-        assert r is not None
-        self._out.append(Record(r.key if key is ... else key, value,
-                                r.timestamp if timestamp is None else timestamp, r.origin))
-
-
-def _process(node: ProcessNode, down: Push, ctx: TaskContext) -> Push:
-    fn, where, on_error = node.fn, node.name, ctx.on_error
-    store = ctx.store(node.store.name) if node.store is not None else None
-    state = KeyState(store) if store is not None else None
-    pctx = ProcessContext(state)
-    unchanged, delete = KeyState._UNCHANGED, KeyState._DELETE
-
-    def push(batch: list[Record]) -> None:
-        out: list[Record] = []
-        for r in batch:
-            pctx._record = r
-            pctx._out = []
-            try:
-                if state is not None:
-                    state._key = _store_key(r)
-                    state._pending = state._read = unchanged
-                fn(pctx, r.key, r.value)
-            except Exception as exc:
-                on_error(r.origin, exc, where)
-                continue
-            if state is not None and store is not None and state._pending is not unchanged:
-                if state._pending is delete:
-                    store.delete(state._key)
-                else:
-                    store.put(state._key, state._pending)
-            out.extend(pctx._out)
-        pctx._record = None
         if out:
             down(out)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamproc.errors import TopologyError
-from streamproc.graph.compile import CompiledTopology
+from streamproc.graph.compile import CompiledTopology, SubTopology
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
 
 CHANGELOG_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
@@ -27,7 +27,7 @@ def resolve(compiled: CompiledTopology, admin: TopicAdmin, dlq_partitions: int =
     existing = admin.partitions([*user_sources, *compiled.sink_topics,
                                  *compiled.repartition_topics,
                                  *(t for _, t in compiled.changelog_topics.values()),
-                                 compiled.dead_letter_topic])
+                                 compiled.dead_letter_topic, *compiled.late_topics])
     missing = [t for t in user_sources if existing[t] is None]
     if missing:
         raise TopologyError(
@@ -77,6 +77,8 @@ def resolve(compiled: CompiledTopology, admin: TopicAdmin, dlq_partitions: int =
             specs.append(TopicSpec(topic, n, CHANGELOG_CONFIG))
     specs.append(TopicSpec(compiled.dead_letter_topic,
                            existing.get(compiled.dead_letter_topic) or dlq_partitions, DLQ_CONFIG))
+    for topic in compiled.late_topics:  # late records, like dead letters, are kept for a while
+        specs.append(TopicSpec(topic, existing.get(topic) or dlq_partitions, DLQ_CONFIG))
     to_create = [s for s in specs if existing.get(s.name) is None]
     admin.create(to_create)
     return Plan(partitions=tasks)
@@ -86,3 +88,23 @@ def needs_colocation(compiled: CompiledTopology) -> bool:
     """True when a stateful sub-topology reads several topics: their same-numbered partitions
     must then land on the same instance, which only the (eager) range assignor guarantees."""
     return any(st.stores and len(st.source_topics) > 1 for st in compiled.subtopologies)
+
+
+def upstream_tasks(compiled: CompiledTopology, st: SubTopology,
+                   partitions: dict[int, int]) -> dict[str, int]:
+    """Per repartition topic ``st`` reads: how many upstream tasks send it their watermark
+    (empty when watermark propagation is off)."""
+    if not compiled.watermark_propagation:
+        return {}
+    return {t: partitions[compiled.repartition_topics[t][0]]
+            for t in st.source_topics if t in compiled.repartition_topics}
+
+
+def control_partitions(compiled: CompiledTopology, st: SubTopology,
+                       partitions: dict[int, int]) -> dict[str, int]:
+    """Per repartition topic ``st`` writes: its partition count (each partition gets the
+    task's watermark control records)."""
+    if not compiled.watermark_propagation:
+        return {}
+    return {r.topic: partitions[compiled.repartition_topics[r.topic][1]]
+            for r in st.repartition_sinks}

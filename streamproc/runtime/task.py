@@ -8,9 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from streamproc.graph.compile import SubTopology
+from streamproc.runtime.context import TimedOperator
 from streamproc.runtime.operators import SourcePush, build_pipeline
 from streamproc.state.store import KeyValueStore
+from streamproc.time.watermarks import CONTROL_HEADER, CONTROL_WATERMARK, TaskTime
 from streamproc.types import Origin, TaskId, TopicPartition
+
+_TIME_KEY = b"watermark"
+# A watermark control record: (topic, partition, value, headers)
+ControlRecord = tuple[str, int, bytes, list[tuple[str, bytes]]]
 
 
 class TaskState(enum.Enum):
@@ -38,7 +44,15 @@ class Task:
         on_error: Callable[[Origin, BaseException, str], None],
         cache_max_keys: int,
         max_record_bytes: int,
+        clock: Callable[[], int],
+        count: Callable[..., None],
+        upstream_tasks: dict[str, int] | None = None,
+        control_partitions: dict[str, int] | None = None,
     ) -> None:
+        """``upstream_tasks``: per repartition topic this task reads, how many upstream tasks
+        write watermarks into it (empty: watermark propagation is off). ``control_partitions``:
+        per repartition topic this task writes, its partition count (each partition gets the
+        task's watermark)."""
         self.id = task_id
         self.subtopology = subtopology
         self.partition = task_id.partition
@@ -57,19 +71,42 @@ class Task:
         self.on_error = on_error
         self._entries: dict[str, SourcePush] = {}
         self._max_record_bytes = max_record_bytes
+        self.now_ms = clock
+        self.count = count
+        self.control_partitions = control_partitions or {}
+        self.time = TaskTime(
+            ooo_ms=subtopology.max_out_of_orderness_ms,
+            idle_timeout_ms=subtopology.idle_timeout_ms,
+            has_local=any(not s.internal or s.topics[0] not in (upstream_tasks or {})
+                          for s in subtopology.sources),
+            upstream_tasks=upstream_tasks or {}, now_ms=clock())
+        self._timed: list[TimedOperator] = []
 
     # TaskContext --------------------------------------------------------------------------
     def store(self, name: str) -> KeyValueStore:
         return self.stores[name]
 
+    def register_timed(self, op: TimedOperator) -> None:
+        self._timed.append(op)
+
     # lifecycle ----------------------------------------------------------------------------
     def open(self) -> list[str]:
         """Open the stores; returns the names of stores that had to be wiped (corrupt)."""
         wiped = [name for name, s in self.stores.items() if s.open()]
-        self._entries = build_pipeline(self.subtopology, self, self._max_record_bytes)
+        self._timed = []
+        self._entries = build_pipeline(self.subtopology, self, self._max_record_bytes,
+                                       track_time=bool(self.control_partitions))
         return wiped
 
     def start(self) -> None:
+        """The stores are restored: load the watermark state and rebuild timer indexes."""
+        name = self.subtopology.time_store
+        if name is not None:
+            raw = self.stores[name].get(_TIME_KEY)
+            if raw is not None:
+                self.time.restore(raw)
+        for op in self._timed:
+            op.start()
         self.state = TaskState.RUNNING
 
     def close(self) -> None:
@@ -92,7 +129,24 @@ class Task:
                 return 0
         self._entries[tp.topic](msgs)
         self.next_offsets[tp] = msgs[-1].offset() + 1
+        if self._timed:
+            wm, now = self.time.watermark, self.now_ms()
+            for op in self._timed:
+                op.advance(wm, now)
         return len(msgs)
+
+    def tick(self, now_ms: int) -> None:
+        """Between batches: idleness, processing-time timers and early window firings."""
+        self.time.tick(now_ms)
+        wm = self.time.watermark
+        for op in self._timed:
+            op.advance(wm, now_ms)
+
+    def finish(self) -> None:
+        """The input ended (a bounded run): the watermark jumps to the end of time, so every
+        window and event-time timer fires."""
+        self.time.finish()
+        self.tick(self.now_ms())
 
     # checkpoint ---------------------------------------------------------------------------
     def uncommitted_offsets(self) -> dict[TopicPartition, int]:
@@ -102,4 +156,21 @@ class Task:
         self._committed.update(offsets)
 
     def prepare_changes(self) -> dict[str, list[tuple[bytes, bytes | None]]]:
+        name = self.subtopology.time_store
+        if name is not None:
+            snap = self.time.snapshot()
+            if snap is not None:
+                self.stores[name].put(_TIME_KEY, snap)
         return {name: s.prepare() for name, s in self.stores.items() if s.dirty_count}
+
+    def control_records(self) -> list[ControlRecord]:
+        """This task's watermark for every partition of every repartition topic it writes (sent
+        at each checkpoint, in its transaction), or nothing if downstream already has it."""
+        if not self.control_partitions:
+            return []
+        payload = self.time.control_payload(str(self.id))
+        if payload is None:
+            return []
+        headers = [(CONTROL_HEADER, CONTROL_WATERMARK)]
+        return [(topic, p, payload, headers)
+                for topic, n in self.control_partitions.items() for p in range(n)]

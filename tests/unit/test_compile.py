@@ -80,9 +80,11 @@ def test_wordcount_describe_is_json_and_uses_operator_kinds():
         "stores": ["counts"],
         "sink_topics": ["word-counts"],
         "repartition_topics": [],
+        "time_store": None,
         "nodes": [
             {"name": "words.source", "kind": "source", "parents": [],
              "topics": ["wordcount-words-repartition"], "timestamp": "create_time",
+             "max_out_of_orderness_ms": 0, "idle_timeout_ms": None,
              "on_error": "dead_letter", "key_codec": "string", "value_codec": "string",
              "children": ["count-5"]},
             {"name": "count-5", "kind": "count", "parents": ["words.source"],

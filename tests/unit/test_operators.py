@@ -17,6 +17,7 @@ from streamproc.graph.compile import compile_topology
 from streamproc.runtime import operators
 from streamproc.runtime.operators import NullKeyError, RecordTooLarge, build_pipeline
 from streamproc.state.store import KeyValueStore
+from streamproc.time.watermarks import TaskTime
 from topologies.wordcount import build
 
 WORDS = "wordcount-words-repartition"
@@ -59,6 +60,19 @@ class FakeContext:
         self.stores = stores
         self.sent: list[tuple[str, bytes | None, bytes | None, int, Any]] = []
         self.errors: list[tuple[Any, BaseException, str]] = []
+        self.clock = 1_000
+        self.time = TaskTime(ooo_ms=0, idle_timeout_ms=None, has_local=True,
+                             upstream_tasks={}, now_ms=self.clock)
+        self.timed: list[Any] = []
+
+    def now_ms(self) -> int:
+        return self.clock
+
+    def register_timed(self, op: Any) -> None:
+        self.timed.append(op)
+
+    def count(self, metric: str, n: int = 1, **labels: str) -> None:
+        pass
 
     def store(self, name: str) -> KeyValueStore:
         return self.stores[name]
@@ -606,11 +620,11 @@ def test_extractor_sets_the_timestamp_from_the_value(harness):
     assert _errors(ctx) == [(msgs[2], KeyError, "'at'", "source-1")]
 
 
-def test_processing_time_uses_the_wall_clock(harness, monkeypatch):
+def test_processing_time_uses_the_task_clock(harness):
     t = Topology("ts")
     t.source("in", timestamp="processing_time").to("out")
     entries, ctx = harness(t)
-    monkeypatch.setattr(operators.time, "time", lambda: 1234.5678)
+    ctx.clock = 1234567
     entries["in"]([Msg(b"1", b"k", ts=9)])
     assert ctx.sent == [("out", b"k", b"1", 1234567, None)]
 

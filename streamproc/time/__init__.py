@@ -1,0 +1,1 @@
+"""Event time: watermarks, window assignment and timers (pure logic, no Kafka)."""

@@ -1,0 +1,186 @@
+"""A task's event-time progress: stream time, watermark, idleness and upstream watermarks.
+
+- **Stream time** is the largest event timestamp the task has seen on its own inputs; the
+  **local watermark** is stream time minus the allowed out-of-orderness.
+- Behind a repartition topic (with watermark propagation on) records do not move the watermark:
+  every upstream task writes its watermark into the topic as a control record, and the task's
+  watermark is the *minimum* over all upstream tasks (Flink's rule for input channels), so one
+  fast upstream partition cannot make a slow one's on-time records late. Until every upstream
+  task has been heard from, the watermark does not move. An upstream task that is idle does not
+  hold the minimum back.
+- **Idleness** (off unless ``idle_timeout_ms`` is set): after that long without input the
+  watermark advances with the wall clock, so windows over quiet partitions still close.
+
+The watermark never goes backwards. Watermarks are tracked per record, not per batch: an
+operator asks :meth:`TaskTime.watermark_at` for the watermark as of a record's offset, so the
+same input gives the same late/on-time decisions however it was batched (replays after a crash
+batch differently).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Any
+
+import orjson
+
+from streamproc.time.windows import END_OF_TIME
+
+NO_WATERMARK = -(2**63)  # before the first record: nothing is late, nothing closes
+CONTROL_HEADER = "streamproc.control"  # first header of a watermark control record
+CONTROL_WATERMARK = b"watermark"
+
+
+class TaskTime:
+    __slots__ = ("_batch_wm", "_dirty", "_has_local", "_idle_base", "_last_input",
+                 "_marks_off", "_marks_wm", "_now", "_sent", "expected", "idle", "idle_timeout_ms",
+                 "ooo_ms", "stream_time", "upstream", "watermark")
+
+    def __init__(self, *, ooo_ms: int, idle_timeout_ms: int | None, has_local: bool,
+                 upstream_tasks: dict[str, int], now_ms: int) -> None:
+        self.ooo_ms = ooo_ms
+        self.idle_timeout_ms = idle_timeout_ms
+        self._has_local = has_local
+        # internal topic -> how many upstream tasks write to it (each must be heard from)
+        self.expected = upstream_tasks
+        self.stream_time = NO_WATERMARK
+        self.watermark = NO_WATERMARK
+        self.upstream: dict[tuple[str, str], tuple[int, bool]] = {}
+        self.idle = False
+        self._last_input = self._now = now_ms
+        self._idle_base = NO_WATERMARK
+        self._marks_off: list[int] = []
+        self._marks_wm: list[int] = []
+        self._batch_wm = NO_WATERMARK
+        self._dirty = False
+        self._sent: tuple[int, bool] | None = None
+
+    # -- input ---------------------------------------------------------------------------------
+    def begin_batch(self, now_ms: int) -> None:
+        """A batch of one input partition starts: per-record marks restart from here."""
+        self._marks_off.clear()
+        self._marks_wm.clear()
+        self._batch_wm = self.watermark
+        self._now = now_ms
+
+    def observe(self, ts: int, offset: int) -> None:
+        """A data record at event time ``ts`` (offset ``offset`` of the current partition)."""
+        self._last_input = self._now
+        if self.idle:
+            self.idle = False
+            self._dirty = True
+        if ts > self.stream_time:
+            self.stream_time = ts
+            self._recompute(offset)
+
+    def control(self, topic: str, payload: bytes, offset: int) -> None:
+        """An upstream task's watermark control record, read from repartition topic ``topic``."""
+        msg = orjson.loads(payload)
+        key = (topic, str(msg["task"]))
+        wm, idle = int(msg["watermark"]), bool(msg["idle"])
+        old = self.upstream.get(key)
+        # Monotonic per upstream task: after a crash an upstream may re-send a lower watermark.
+        if old is not None and old[0] > wm:
+            wm = old[0]
+        if old != (wm, idle):
+            self.upstream[key] = (wm, idle)
+            self._dirty = True
+            self._recompute(offset)
+
+    def _candidate(self) -> int | None:
+        parts: list[int] = []
+        if self._has_local:
+            if self.stream_time == NO_WATERMARK:
+                return None
+            parts.append(self.stream_time - self.ooo_ms)
+        if self.expected:
+            heard: dict[str, int] = {}
+            for topic, _ in self.upstream:
+                heard[topic] = heard.get(topic, 0) + 1
+            if any(heard.get(t, 0) < n for t, n in self.expected.items()):
+                return None  # an upstream task we have not heard from may still be far behind
+            active = [wm for wm, idle in self.upstream.values() if not idle]
+            upstream_wm = min(active) if active else max(wm for wm, _ in self.upstream.values())
+            parts.append(upstream_wm - self.ooo_ms if upstream_wm != END_OF_TIME else upstream_wm)
+        return min(parts) if parts else None
+
+    def _recompute(self, offset: int) -> None:
+        cand = self._candidate()
+        if cand is not None and cand > self.watermark:
+            self.watermark = cand
+            self._dirty = True
+            self._marks_off.append(offset)
+            self._marks_wm.append(cand)
+        if not self.idle:
+            self._idle_base = self.watermark
+
+    def watermark_at(self, origin: Any) -> int:
+        """The watermark as of ``origin`` (a consumed message of the current batch, or a record a
+        timer or window emitted, which carries the watermark it was emitted at)."""
+        off = origin.offset()
+        if off is None or off < 0:
+            wm: int = getattr(origin, "watermark", self.watermark)
+            return wm
+        i = bisect_right(self._marks_off, off) - 1
+        return self._marks_wm[i] if i >= 0 else self._batch_wm
+
+    # -- wall clock ----------------------------------------------------------------------------
+    def tick(self, now_ms: int) -> bool:
+        """Idleness: without input for ``idle_timeout_ms`` the watermark follows the wall clock.
+        Returns True when the watermark moved."""
+        timeout = self.idle_timeout_ms
+        if timeout is None or self.watermark in (NO_WATERMARK, END_OF_TIME):
+            return False
+        if not self._has_local:
+            return False  # behind a repartition: upstream tasks report their own idleness
+        quiet = now_ms - self._last_input
+        if quiet < timeout:
+            return False
+        if not self.idle:
+            self.idle = True
+            self._dirty = True
+            self._idle_base = self.watermark
+        cand = self._idle_base + (quiet - timeout)
+        if cand > self.watermark:
+            self.watermark = cand
+            self._dirty = True
+            return True
+        return False
+
+    def finish(self) -> None:
+        """The input ended (bounded run): every window may close."""
+        self.watermark = END_OF_TIME
+        self._dirty = True
+
+    # -- checkpointed state ----------------------------------------------------------------------
+    def snapshot(self) -> bytes | None:
+        """The state to checkpoint, or None when nothing changed since the last snapshot."""
+        if not self._dirty:
+            return None
+        self._dirty = False
+        return orjson.dumps({
+            "stream_time": self.stream_time, "watermark": self.watermark, "idle": self.idle,
+            "upstream": [[t, task, wm, idle] for (t, task), (wm, idle) in self.upstream.items()],
+        })
+
+    def restore(self, raw: bytes) -> None:
+        state = orjson.loads(raw)
+        self.stream_time = int(state["stream_time"])
+        self.watermark = self._batch_wm = self._idle_base = int(state["watermark"])
+        self.upstream = {(t, task): (int(wm), bool(idle))
+                         for t, task, wm, idle in state["upstream"]}
+        self._dirty = False
+
+    def control_payload(self, task: str) -> bytes | None:
+        """What to tell downstream tasks, or None when they already know it."""
+        if self.watermark == NO_WATERMARK:
+            return None
+        state = (self.watermark, self.idle)
+        if state == self._sent:
+            return None
+        self._sent = state
+        return orjson.dumps({"task": task, "watermark": self.watermark, "idle": self.idle})
+
+    def resend(self) -> None:
+        """Send the watermark again at the next checkpoint (the last one may have aborted)."""
+        self._sent = None
