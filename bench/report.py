@@ -240,7 +240,8 @@ def _setup(results: Results) -> list[str]:
 def _workload_intro(name: str, workload: dict[str, Any]) -> list[str]:
     facts = [f"{_num(workload[key])} {label}" for key, label in (
         ("input_records", "input records"), ("partitions", "partitions"), ("keys", "keys"),
-        ("words_per_line", "words per line")) if key in workload]
+        ("words_per_line", "words per line"), ("window_ms", "ms windows"),
+        ("grace_ms", "ms grace"), ("output_windows", "output windows")) if key in workload]
     lines = [f"### {name}: {workload.get('title') or ''}".rstrip(": "), ""]
     return [*lines, ", ".join(facts) + ".", ""] if facts else lines
 
