@@ -3,6 +3,7 @@
 from streamproc import codecs
 from streamproc.api.stream import GroupedStream, Stream
 from streamproc.api.topology import Topology
+from streamproc.api.windowed import WindowedStream
 from streamproc.errors import (
     CodecError,
     ConfigError,
@@ -10,6 +11,7 @@ from streamproc.errors import (
     StreamprocError,
     TopologyError,
 )
+from streamproc.time import windows
 
 __all__ = [
     "CodecError",
@@ -20,6 +22,8 @@ __all__ = [
     "StreamprocError",
     "Topology",
     "TopologyError",
+    "WindowedStream",
     "codecs",
+    "windows",
 ]
 __version__ = "0.1.0"

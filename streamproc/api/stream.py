@@ -186,7 +186,8 @@ class GroupedStream:
                    name: str | None) -> Stream:
         s = self.stream
         node = AggregateNode(s._name(operator, name), store=StoreSpec(store, state or JsonCodec()),
-                             initializer=initializer, adder=adder, operator=operator)
+                             initializer=initializer, adder=adder, operator=operator,
+                             key_codec=s._key_codec)
         return s._then(node)
 
     def count(self, *, store: str, name: str | None = None) -> Stream:

@@ -132,6 +132,7 @@ class AggregateNode(Node):
     initializer: Callable[[], Any] = lambda: None
     adder: Callable[[Any, Any], Any] = lambda acc, v: acc
     operator: str = "aggregate"  # count / sum / reduce / aggregate, for graph JSON and logs
+    key_codec: Codec | None = None  # of the grouping key (to read the store's keys back)
 
     @property
     def kind(self) -> str:

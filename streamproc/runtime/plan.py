@@ -7,14 +7,23 @@ what to fix, instead of surfacing later as a produce error inside a transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from streamproc.errors import TopologyError
 from streamproc.graph.compile import CompiledTopology, SubTopology
-from streamproc.kafka.admin import TopicAdmin, TopicSpec
+from streamproc.kafka.admin import TopicSpec
 
 CHANGELOG_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
 REPARTITION_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
 DLQ_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)}
+
+
+class Topics(Protocol):
+    """What resolving needs of a cluster (Kafka's admin client, or the test driver's)."""
+
+    def partitions(self, topics: list[str]) -> dict[str, int | None]: ...
+
+    def create(self, specs: list[TopicSpec]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -22,7 +31,7 @@ class Plan:
     partitions: dict[int, int]  # sub-topology id -> number of tasks
 
 
-def resolve(compiled: CompiledTopology, admin: TopicAdmin, dlq_partitions: int = 1) -> Plan:
+def resolve(compiled: CompiledTopology, admin: Topics, dlq_partitions: int = 1) -> Plan:
     user_sources = compiled.user_source_topics
     existing = admin.partitions([*user_sources, *compiled.sink_topics,
                                  *compiled.repartition_topics,
