@@ -80,11 +80,15 @@ class WindowOperator:
 
     # -- when windows close ----------------------------------------------------------------------
     def _close_at(self, start: int, end: int, st: WindowState) -> int:
+        # A watermark W means "records before W are late". [start, end) windows are complete at
+        # W >= end; windows whose end is a record's own timestamp (inclusive) at W > end.
         spec = self.spec
-        if isinstance(spec, HoppingWindows | SlidingWindows):
+        if isinstance(spec, HoppingWindows):
             return end + spec.grace_ms
+        if isinstance(spec, SlidingWindows):
+            return end + 1 + spec.grace_ms
         if isinstance(spec, SessionWindows):
-            return end + spec.gap_ms + spec.grace_ms
+            return end + spec.gap_ms + 1 + spec.grace_ms
         if isinstance(spec, CountWindows) and spec.timeout_ms is not None:
             return st.first + spec.timeout_ms
         return END_OF_TIME  # count without timeout, global: at the end of a bounded input
@@ -93,7 +97,7 @@ class WindowOperator:
         spec = self.spec
         if isinstance(spec, SlidingWindows):
             # A record's values take part in every window ending up to size_ms after it.
-            return end + spec.size_ms + spec.grace_ms + self.lateness
+            return end + spec.size_ms + 1 + spec.grace_ms + self.lateness
         return self._close_at(start, end, st) + self.lateness
 
     def _due_at(self, start: int, end: int, st: WindowState) -> int:
@@ -203,7 +207,7 @@ class WindowOperator:
         spec = self.spec
         assert isinstance(spec, SessionWindows) and self.merge is not None
         t, gap = r.timestamp, spec.gap_ms
-        if self._closed(t + gap + spec.grace_ms, wm):
+        if self._closed(t + gap + 1 + spec.grace_ms, wm):
             self._late(r, (t, t), wm)
             return
         absorbed: list[tuple[bytes, WindowState]] = []
@@ -222,7 +226,7 @@ class WindowOperator:
         acc = self.add(acc, r.value)
         first = min([t, *(st.first for _, st in absorbed)])
         last = max([t, *(st.last for _, st in absorbed)])
-        closed = self._closed(last + gap + spec.grace_ms, wm)
+        closed = self._closed(last + gap + 1 + spec.grace_ms, wm)
         merged = WindowState(acc, 1 + sum(st.count for _, st in absorbed), first, last,
                              closed is False or any(st.fired for _, st in absorbed))
         for sk, _ in absorbed:
@@ -236,7 +240,7 @@ class WindowOperator:
         spec = self.spec
         assert isinstance(spec, SlidingWindows)
         t, size, grace = r.timestamp, spec.size_ms, spec.grace_ms
-        own = self._closed(t + grace, wm)
+        own = self._closed(t + 1 + grace, wm)
         if own:
             self._late(r, (t - size, t), wm)
             return
@@ -255,7 +259,7 @@ class WindowOperator:
             esk = window_key(end, end, kb)
             est = self._load(esk)
             assert est is not None
-            closed = self._closed(end + grace, wm)
+            closed = self._closed(end + 1 + grace, wm)
             if closed:
                 continue
             if closed is False or not self.final:

@@ -13,6 +13,7 @@ protocols, restore from a real changelog topic, timing. Those keep their integra
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ class TopologyTestDriver:
             self.cluster, [*self.compiled.user_source_topics, *self.compiled.sink_topics]))
         self._own_dir = state_dir is None
         self.state_dir = Path(state_dir) if state_dir is not None else Path(
-            tempfile.mkdtemp(prefix="streamproc-test-"))
+            tempfile.mkdtemp(prefix="streamproc-test-", dir=_scratch_dir()))
         self.clock = start_time_ms
         self.auto_commit = auto_commit
         self.batch_size = batch_size
@@ -376,6 +377,13 @@ class TopologyTestDriver:
             result = node.result(v.acc) if node.result is not None else v.acc
             return (decode(kb), start, end), result
         return decode(k), v
+
+
+def _scratch_dir() -> str | None:
+    """Memory-backed when the machine has one: RocksDB opens and deletes in tests are then
+    several times faster than on disk."""
+    shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private directory in it
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 def _is_control(m: Message) -> bool:

@@ -10,7 +10,6 @@ are available wherever streamproc is installed)::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,12 +19,12 @@ from streamproc.testing.driver import TopologyTestDriver
 
 
 @pytest.fixture
-def topology_driver(tmp_path: Path) -> Iterator[Callable[..., TopologyTestDriver]]:
-    """A factory of drivers whose state lives in the test's tmp_path; all closed afterwards."""
+def topology_driver() -> Iterator[Callable[..., TopologyTestDriver]]:
+    """A factory of drivers (state in a scratch directory, memory-backed where available),
+    all closed, and their state deleted, after the test."""
     drivers: list[TopologyTestDriver] = []
 
     def make(topology: Topology, **options: Any) -> TopologyTestDriver:
-        options.setdefault("state_dir", tmp_path / f"driver-{len(drivers)}")
         d = TopologyTestDriver(topology, **options)
         drivers.append(d)
         return d

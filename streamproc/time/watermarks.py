@@ -101,7 +101,8 @@ class TaskTime:
                 return None  # an upstream task we have not heard from may still be far behind
             active = [wm for wm, idle in self.upstream.values() if not idle]
             upstream_wm = min(active) if active else max(wm for wm, _ in self.upstream.values())
-            parts.append(upstream_wm - self.ooo_ms if upstream_wm != END_OF_TIME else upstream_wm)
+            special = (END_OF_TIME, NO_WATERMARK)
+            parts.append(upstream_wm if upstream_wm in special else upstream_wm - self.ooo_ms)
         return min(parts) if parts else None
 
     def _recompute(self, offset: int) -> None:
@@ -129,17 +130,19 @@ class TaskTime:
         """Idleness: without input for ``idle_timeout_ms`` the watermark follows the wall clock.
         Returns True when the watermark moved."""
         timeout = self.idle_timeout_ms
-        if timeout is None or self.watermark in (NO_WATERMARK, END_OF_TIME):
+        if timeout is None or self.watermark == END_OF_TIME or not self._has_local:
+            # Behind a repartition, upstream tasks report their own idleness.
             return False
-        if not self._has_local:
-            return False  # behind a repartition: upstream tasks report their own idleness
         quiet = now_ms - self._last_input
         if quiet < timeout:
             return False
         if not self.idle:
+            # Idle even before any input: downstream tasks must not wait for this one.
             self.idle = True
             self._dirty = True
             self._idle_base = self.watermark
+        if self.watermark == NO_WATERMARK:
+            return False
         cand = self._idle_base + (quiet - timeout)
         if cand > self.watermark:
             self.watermark = cand
@@ -173,7 +176,7 @@ class TaskTime:
 
     def control_payload(self, task: str) -> bytes | None:
         """What to tell downstream tasks, or None when they already know it."""
-        if self.watermark == NO_WATERMARK:
+        if self.watermark == NO_WATERMARK and not self.idle:
             return None
         state = (self.watermark, self.idle)
         if state == self._sent:
