@@ -23,6 +23,7 @@ _AVRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXAMPLES: dict[str, tuple[str, dict[str, str]]] = {
     "hourly_counts": ("page-view", {"hourly-page-views": "hourly-page-count"}),
     "sensor_averages": ("sensor-reading", {"sensor-averages": "sensor-average"}),
+    "sessions": ("click", {"visitor-sessions": "visitor-session"}),
 }
 
 
@@ -38,8 +39,9 @@ def test_schema_parses_with_valid_names(path: Path) -> None:
 
 def test_the_example_schemas_are_all_there() -> None:
     assert [p.name for p in SCHEMAS] == [
-        "dead-letter.avsc", "hourly-page-count.avsc", "page-view.avsc", "sensor-average.avsc",
-        "sensor-reading.avsc", "text-line.avsc", "word-count.avsc",
+        "click.avsc", "dead-letter.avsc", "hourly-page-count.avsc", "page-view.avsc",
+        "sensor-average.avsc", "sensor-reading.avsc", "text-line.avsc", "visitor-session.avsc",
+        "word-count.avsc",
     ]
 
 
