@@ -21,6 +21,7 @@ _AVRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # topology module -> (schema of its input values, {output topic: schema of its values})
 EXAMPLES: dict[str, tuple[str, dict[str, str]]] = {
+    "fraud_alerts": ("card-transaction", {"fraud-alerts": "fraud-alert"}),
     "hourly_counts": ("page-view", {"hourly-page-views": "hourly-page-count"}),
     "sensor_averages": ("sensor-reading", {"sensor-averages": "sensor-average"}),
     "sessions": ("click", {"visitor-sessions": "visitor-session"}),
@@ -39,9 +40,9 @@ def test_schema_parses_with_valid_names(path: Path) -> None:
 
 def test_the_example_schemas_are_all_there() -> None:
     assert [p.name for p in SCHEMAS] == [
-        "click.avsc", "dead-letter.avsc", "hourly-page-count.avsc", "page-view.avsc",
-        "sensor-average.avsc", "sensor-reading.avsc", "text-line.avsc", "visitor-session.avsc",
-        "word-count.avsc",
+        "card-transaction.avsc", "click.avsc", "dead-letter.avsc", "fraud-alert.avsc",
+        "hourly-page-count.avsc", "page-view.avsc", "sensor-average.avsc", "sensor-reading.avsc",
+        "text-line.avsc", "visitor-session.avsc", "word-count.avsc",
     ]
 
 
