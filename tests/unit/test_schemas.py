@@ -25,6 +25,8 @@ EXAMPLES: dict[str, tuple[str, dict[str, str]]] = {
     "hourly_counts": ("page-view", {"hourly-page-views": "hourly-page-count"}),
     "sensor_averages": ("sensor-reading", {"sensor-averages": "sensor-average"}),
     "sessions": ("click", {"visitor-sessions": "visitor-session"}),
+    "traffic_peaks": ("traffic-report", {"station-traffic": "station-traffic",
+                                         "traffic-alerts": "traffic-alert"}),
 }
 
 
@@ -42,7 +44,8 @@ def test_the_example_schemas_are_all_there() -> None:
     assert [p.name for p in SCHEMAS] == [
         "card-transaction.avsc", "click.avsc", "dead-letter.avsc", "fraud-alert.avsc",
         "hourly-page-count.avsc", "page-view.avsc", "sensor-average.avsc", "sensor-reading.avsc",
-        "text-line.avsc", "visitor-session.avsc", "word-count.avsc",
+        "station-traffic.avsc", "text-line.avsc", "traffic-alert.avsc", "traffic-report.avsc",
+        "visitor-session.avsc", "word-count.avsc",
     ]
 
 
