@@ -207,9 +207,6 @@ class WindowOperator:
         spec = self.spec
         assert isinstance(spec, SessionWindows) and self.merge is not None
         t, gap = r.timestamp, spec.gap_ms
-        if self._closed(t + gap + 1 + spec.grace_ms, wm):
-            self._late(r, (t, t), wm)
-            return
         absorbed: list[tuple[bytes, WindowState]] = []
         for sk in sorted(self.sessions.get(kb, ())):
             entry = self.open[sk]
@@ -217,6 +214,14 @@ class WindowOperator:
                 st = self._load(sk)
                 assert st is not None
                 absorbed.append((sk, st))
+        # Late only if the session the record would be part of has closed: a record inside (or
+        # extending) a session that is still open joins it, whatever its own timestamp.
+        first = min([t, *(st.first for _, st in absorbed)])
+        last = max([t, *(st.last for _, st in absorbed)])
+        closed = self._closed(last + gap + 1 + spec.grace_ms, wm)
+        if closed:
+            self._late(r, (first, last), wm)
+            return
         if absorbed:
             acc = absorbed[0][1].acc
             for _, st in absorbed[1:]:
@@ -224,9 +229,6 @@ class WindowOperator:
         else:
             acc = self.init()
         acc = self.add(acc, r.value)
-        first = min([t, *(st.first for _, st in absorbed)])
-        last = max([t, *(st.last for _, st in absorbed)])
-        closed = self._closed(last + gap + 1 + spec.grace_ms, wm)
         merged = WindowState(acc, 1 + sum(st.count for _, st in absorbed), first, last,
                              closed is False or any(st.fired for _, st in absorbed))
         for sk, _ in absorbed:

@@ -61,8 +61,6 @@ def test_a_view_that_could_only_join_a_closed_session_is_dropped(topology_driver
                                        "v-05": [session(at(1, 0), at(1, 0), 1)]}
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a session record is judged late by its own "
-                   "timestamp, not by the open session it falls into (see the report)")
 def test_a_view_inside_a_session_that_is_still_open_is_not_late(topology_driver):
     d = topology_driver(build())
     pipe_all(d, IN, [click("v-06", at(0, m)) for m in (0, 20, 40, 60, 80)])  # open until 01:55
