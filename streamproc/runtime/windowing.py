@@ -381,13 +381,7 @@ class WindowOperator:
             st = self._load(sk)
             assert st is not None
             if self.final and not st.fired:
-                if isinstance(self.spec, SlidingWindows):
-                    self._emit(out, kb, ..., end - self.spec.size_ms, end,
-                               self._slide(kb, end), wm)
-                elif isinstance(self.spec, HoppingWindows):
-                    self._emit(out, kb, ..., start, end, st.acc, wm)
-                else:
-                    self._emit(out, kb, ..., st.first, st.last, st.acc, wm)
+                self._emit_current(out, kb, start, end, st, wm)
                 self.changed.discard(sk)
                 if self._purge_at(start, end, st) > wm:
                     # Kept for late corrections (or, sliding, for the windows after it).
@@ -405,10 +399,15 @@ class WindowOperator:
             st = self._load(sk)
             if st is None or st.fired:
                 continue
-            if isinstance(self.spec, SlidingWindows):
-                self._emit(out, kb, ..., end - self.spec.size_ms, end, self._slide(kb, end), wm)
-            elif isinstance(self.spec, HoppingWindows):
-                self._emit(out, kb, ..., start, end, st.acc, wm)
-            else:
-                self._emit(out, kb, ..., st.first, st.last, st.acc, wm)
+            self._emit_current(out, kb, start, end, st, wm)
         self.changed.clear()
+
+    def _emit_current(self, out: list[Record], kb: bytes, start: int, end: int,
+                      st: WindowState, wm: int) -> None:
+        """Emit a window's current result (when it fires, or early) with its reported bounds."""
+        if isinstance(self.spec, SlidingWindows):
+            self._emit(out, kb, ..., end - self.spec.size_ms, end, self._slide(kb, end), wm)
+        elif isinstance(self.spec, HoppingWindows):
+            self._emit(out, kb, ..., start, end, st.acc, wm)
+        else:  # session, count, global: bounded by their records
+            self._emit(out, kb, ..., st.first, st.last, st.acc, wm)
