@@ -226,7 +226,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true",
                     help="tiny input, one repetition: checks that every contender is correct")
-    ap.add_argument("--workloads", default="W1,W2,W4,W5,W6")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--guarantees", default=",".join(GUARANTEES))
     ap.add_argument("--records", type=int, default=1_000_000)
