@@ -21,6 +21,9 @@ Output ``fraud-alerts``: key = the card, value = JSON (``schemas/fraud-alert.avs
   window ending at a transaction (``count`` of them). Emitted on update: every transaction that
   leaves a window above the limit (and every out-of-order one that adds to such windows)
   raises one.
+
+Per card, the alerts of each rule come in a defined order; the two rules' alerts interleave in
+whatever order the input was batched (they are written by different operators).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def test_a_view_within_grace_counts_and_a_later_one_goes_to_the_late_topic(topol
         ("/docs", [hour(0, 2), hour(1, 1)]), ("/pricing", [hour(1, 1)])]
 
 
-@pytest.mark.parametrize(("seed", "partitions"), [(1, 2), (7, 1), (8, 3)])
+@pytest.mark.parametrize(("seed", "partitions"), [(1, 2), (8, 3)])
 def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, partitions):
     events = sample(seed=seed)
     assert out_of_order(events, partitions) > 50
@@ -93,8 +93,7 @@ def test_a_flush_record_closes_every_hour_of_its_partition(topology_driver):
 
 
 def test_crash_safety():
-    script = steps(IN, [view("/docs", at(0, 5)), view("/", at(0, 40)), view("/docs", at(1, 1)),
-                        view("/docs", at(0, 59)), view("/", at(1, 7)),
-                        view("/docs", at(0, 30)),  # late
-                        view("/", at(2, 30))])
+    script = steps(IN, [view("/docs", at(0, 5)), view("/", at(0, 40)),
+                        view("/docs", at(0, 59)), view("/", at(1, 7)),  # hour 0 closes
+                        view("/docs", at(0, 30))])  # late
     assert check_crash_safety(build, script) == 4 * len(script)

@@ -69,7 +69,7 @@ def test_a_view_inside_a_session_that_is_still_open_is_not_late(topology_driver)
     assert per_key(d.records(OUT)) == {"v-06": [session(at(0, 0), at(1, 20), 6)]}
 
 
-@pytest.mark.parametrize(("seed", "partitions"), [(3, 2), (21, 1), (22, 3)])
+@pytest.mark.parametrize(("seed", "partitions"), [(3, 2), (22, 3)])
 def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, partitions):
     events = sample(seed=seed)
     assert out_of_order(events, partitions) > 10
@@ -86,8 +86,8 @@ def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, 
 
 
 def test_crash_safety():
-    script = steps(IN, [click("v-01", at(0, 0)), click("v-02", at(0, 5)),
-                        click("v-01", at(0, 40)), click("v-01", at(0, 20)),  # merges
-                        click("v-02", at(1, 30)),  # closes v-01's and v-02's first sessions
+    script = steps(IN, [click("v-01", at(0, 0)), click("v-01", at(0, 33)),
+                        click("v-01", at(0, 20)),  # merges the two sessions
+                        click("v-02", at(1, 30)),  # closes v-01's session
                         click("v-01", at(0, 10))])  # late
     assert check_crash_safety(build, script) == 4 * len(script)

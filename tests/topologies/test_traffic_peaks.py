@@ -65,7 +65,7 @@ def test_every_window_of_a_station_and_an_alert_for_those_over_the_threshold(top
     assert len(d.records(ALERTS)) == 2
 
 
-@pytest.mark.parametrize(("seed", "partitions"), [(5, 2), (41, 1), (42, 3)])
+@pytest.mark.parametrize(("seed", "partitions"), [(5, 2), (42, 3)])
 def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, partitions):
     events = sample(seed=seed)
     assert out_of_order(events, partitions) > 50
@@ -91,5 +91,5 @@ def test_crash_safety():
     script = steps(IN, [report("bs-01", at(1), 100 * MB), report("bs-01", at(4, 59), 60 * MB),
                         report("bs-02", at(6), 1 * MB),
                         report("bs-01", at(2), 5 * MB),  # late for the windows up to 0 min
-                        report("bs-01", at(10), 1 * MB), report("bs-02", at(12), 1 * MB)])
+                        report("bs-01", at(10), 1 * MB)])  # closes up to 4 min: 2 alerts
     assert check_crash_safety(build, script) == 4 * len(script)
