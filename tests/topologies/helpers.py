@@ -40,3 +40,13 @@ def out_of_order(events: Iterable[Event], partitions: int,
             n += 1
         high[p] = max(high.get(p, t), t)
     return n
+
+
+def by_rule(records: dict[Any, list[tuple[Any, int]]]) -> dict[tuple[Any, str], list[Any]]:
+    """Per key and rule: the two rules' alerts reach the topic through different operators, so
+    only the order within one rule is defined."""
+    out: dict[tuple[Any, str], list[Any]] = {}
+    for key, seq in records.items():
+        for value, ts in seq:
+            out.setdefault((key, value["rule"]), []).append((value, ts))
+    return out

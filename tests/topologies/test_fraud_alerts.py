@@ -8,19 +8,10 @@ from typing import Any
 import pytest
 
 from streamproc.testing import check_crash_safety
-from tests.topologies.helpers import out_of_order, per_key, pipe_all, steps
-from tests.topologies.reference import sliding_counts, small_then_large
+from tests.topologies import expected
+from tests.topologies.helpers import by_rule, out_of_order, per_key, pipe_all, steps
 from topologies._examples import BASE_MS, SECOND, partition_of
-from topologies.fraud_alerts import (
-    LARGE,
-    MAX_OUT_OF_ORDERNESS_MS,
-    PATTERN_WITHIN_MS,
-    SMALL,
-    VELOCITY_LIMIT,
-    VELOCITY_WINDOW_MS,
-    build,
-    sample,
-)
+from topologies.fraud_alerts import VELOCITY_WINDOW_MS, build, sample
 
 IN, OUT = "transactions", "fraud-alerts"
 
@@ -102,16 +93,6 @@ def test_more_than_five_charges_in_a_minute_alert_on_every_update(topology_drive
         velocity("c-10", 55, 8)]}
 
 
-def by_rule(records: dict[Any, list[tuple[Any, int]]]) -> dict[tuple[Any, str], list[Any]]:
-    """Per key and rule: the two rules' alerts reach the topic through different operators, so
-    only the order within one rule is defined."""
-    out: dict[tuple[Any, str], list[Any]] = {}
-    for key, seq in records.items():
-        for value, ts in seq:
-            out.setdefault((key, value["rule"]), []).append((value, ts))
-    return out
-
-
 @pytest.mark.parametrize(("seed", "partitions"), [(4, 2), (32, 3)])
 def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, partitions):
     events = sample(seed=seed)
@@ -119,28 +100,16 @@ def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, 
     d = topology_driver(build(), partitions=partitions)
     pipe_all(d, IN, events, partitions)
     d.finish()
-
-    def partition(key: str) -> int:
-        return partition_of(key, partitions)
-
-    expected = small_then_large(events, partition, ooo=MAX_OUT_OF_ORDERNESS_MS, small=SMALL,
-                                large=LARGE, within=PATTERN_WITHIN_MS)
-    counts, late = sliding_counts(events, partition, size=VELOCITY_WINDOW_MS,
-                                  ooo=MAX_OUT_OF_ORDERNESS_MS)
-    for card, seq in counts.items():
-        alerts = [({"card": card, "rule": "velocity", "ts": w["end"], "count": w["count"],
-                    "window_start": w["start"]}, ts) for w, ts in seq
-                  if w["count"] > VELOCITY_LIMIT]
-        if alerts:
-            expected[card] = [*expected.get(card, []), *alerts]
+    out, late = expected.fraud_alerts(events, lambda k: partition_of(k, partitions))
     got = by_rule(per_key(d.records(OUT)))
-    assert got == by_rule(expected)
+    assert got == by_rule(out[OUT])
     assert {rule for _, rule in got} == {"small_then_large", "velocity"}
     arrival = {(card, ts): i for i, (card, _, ts) in enumerate(events)}
     assert any(arrival[key, v["small_ts"]] > arrival[key, v["ts"]]
                for (key, rule), seq in got.items() if rule == "small_then_large"
                for v, _ in seq), "an alert whose small charge arrived after the large one"
     assert late, "the sample has late charges"
+    assert d.metrics.total("late_records_total") == late
 
 
 def test_crash_safety():

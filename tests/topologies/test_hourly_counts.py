@@ -6,10 +6,10 @@ import orjson
 import pytest
 
 from streamproc.testing import check_crash_safety
+from tests.topologies import expected
 from tests.topologies.helpers import out_of_order, per_key, pipe_all, steps
-from tests.topologies.reference import hopping
-from topologies._examples import BASE_MS, HOUR, MINUTE, SECOND, partition_of
-from topologies.hourly_counts import GRACE_MS, MAX_OUT_OF_ORDERNESS_MS, build, flush, sample
+from topologies._examples import BASE_MS, HOUR, MINUTE, SECOND, partition_of, with_flush
+from topologies.hourly_counts import build, flush, sample
 
 IN, OUT, LATE = "page-views", "hourly-page-views", "hourly-counts-late"
 
@@ -69,27 +69,24 @@ def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, 
     d = topology_driver(build(), partitions=partitions)
     pipe_all(d, IN, events, partitions)
     d.finish()
-    windows, late = hopping(events, lambda k: partition_of(k, partitions), size=HOUR,
-                            advance=HOUR, grace=GRACE_MS, ooo=MAX_OUT_OF_ORDERNESS_MS)
-    assert per_key(d.records(OUT)) == {
-        page: [({"start": w["start"], "end": w["end"], "count": len(w["values"])}, ts)
-               for w, ts in seq] for page, seq in windows.items()}
+    out, late = expected.hourly_counts(events, lambda k: partition_of(k, partitions))
+    assert per_key(d.records(OUT)) == out[OUT]
     assert late, "the sample has late views"
-    got_late = sorted(((r.key.decode(), orjson.loads(r.value), r.timestamp,
-                        int(r.headers["streamproc.window.end"]),
-                        int(r.headers["streamproc.watermark"]))
-                       for r in d.records(LATE, raw=True)), key=repr)
-    assert got_late == sorted(((e[0], e[1], e[2], end, wm) for e, _, end, wm in late), key=repr)
+    got_late = [(r.key.decode(), orjson.loads(r.value or b""), r.timestamp,
+                 int(r.headers["streamproc.window.end"]), int(r.headers["streamproc.watermark"]))
+                for r in d.records(LATE, raw=True)]
+    assert sorted(got_late, key=repr) == sorted(late, key=repr)
 
 
-def test_a_flush_record_closes_every_hour_of_its_partition(topology_driver):
-    events = sample(n=100, hours=2)
-    d = topology_driver(build())
-    pipe_all(d, IN, [*events, flush("__flush-0", events[-1][2] + 24 * HOUR)])
-    windows, _ = hopping(events, lambda _: 0, size=HOUR, advance=HOUR, grace=GRACE_MS,
-                         ooo=MAX_OUT_OF_ORDERNESS_MS)
-    assert sum(len(seq) for seq in per_key(d.records(OUT)).values()) == \
-        sum(len(seq) for seq in windows.values())
+def test_flush_records_close_every_hour_of_the_data(topology_driver):
+    events = with_flush(sample(n=200, hours=2), flush)  # one per partition, a day later
+    d = topology_driver(build(), partitions=2)
+    pipe_all(d, IN, events, 2)  # no finish(): only the flush records' own hours stay open
+    out, late = expected.hourly_counts(events, lambda k: partition_of(k, 2), finish=False)
+    assert per_key(d.records(OUT)) == out[OUT]
+    assert sum(len(seq) for seq in out[OUT].values()) > 10
+    assert not any(k.startswith("__flush") for k in out[OUT])
+    assert len(d.records(LATE)) == len(late)
 
 
 def test_crash_safety():

@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 
 from streamproc.testing import check_crash_safety
+from tests.topologies import expected
 from tests.topologies.helpers import out_of_order, per_key, pipe_all, steps
-from tests.topologies.reference import hopping
 from topologies._examples import BASE_MS, SECOND, partition_of
-from topologies.sensor_averages import (
-    GRACE_MS,
-    MAX_OUT_OF_ORDERNESS_MS,
-    WINDOW_MS,
-    build,
-    sample,
-)
+from topologies.sensor_averages import WINDOW_MS, build, sample
 
 IN, OUT = "sensor-readings", "sensor-averages"
 SENT = BASE_MS + 10**9  # CreateTime of every hand-made reading: event time is the value's ts
@@ -64,21 +58,10 @@ def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, 
     d = topology_driver(build(), partitions=partitions)
     pipe_all(d, IN, events, partitions)
     d.finish()
-    windows, late = hopping(events, lambda k: partition_of(k, partitions), size=WINDOW_MS,
-                            advance=WINDOW_MS, grace=GRACE_MS, ooo=MAX_OUT_OF_ORDERNESS_MS,
-                            event_time=lambda e: e[1]["ts"])
-
-    def mean(values: list[dict[str, float]]) -> float:
-        total = 0.0
-        for v in values:  # the order the readings arrived in, like the engine's running sum
-            total += v["temperature"]
-        return round(total / len(values), 3)
-
-    assert per_key(d.records(OUT)) == {
-        sensor: [({"start": w["start"], "end": w["end"], "avg_temperature": mean(w["values"])},
-                  ts) for w, ts in seq] for sensor, seq in windows.items()}
+    out, late = expected.sensor_averages(events, lambda k: partition_of(k, partitions))
+    assert per_key(d.records(OUT)) == out[OUT]
     assert late, "the sample has late readings"
-    assert d.metrics.total("late_records_total") == len(late)
+    assert d.metrics.total("late_records_total") == late
 
 
 def test_crash_safety():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from streamproc.testing import check_crash_safety
+from tests.topologies import expected
 from tests.topologies.helpers import out_of_order, per_key, pipe_all, steps
-from tests.topologies.reference import sessions
 from topologies._examples import BASE_MS, HOUR, MINUTE, partition_of
-from topologies.sessions import GAP_MS, GRACE_MS, MAX_OUT_OF_ORDERNESS_MS, build, sample
+from topologies.sessions import build, sample
 
 IN, OUT = "clicks", "visitor-sessions"
 
@@ -76,13 +76,10 @@ def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, 
     d = topology_driver(build(), partitions=partitions)
     pipe_all(d, IN, events, partitions)
     d.finish()
-    expected, late = sessions(events, lambda k: partition_of(k, partitions), gap=GAP_MS,
-                              grace=GRACE_MS, ooo=MAX_OUT_OF_ORDERNESS_MS)
-    assert per_key(d.records(OUT)) == {
-        visitor: [({"start": s["start"], "end": s["end"], "pages": s["count"]}, ts)
-                  for s, ts in seq] for visitor, seq in expected.items()}
+    out, late = expected.sessions(events, lambda k: partition_of(k, partitions))
+    assert per_key(d.records(OUT)) == out[OUT]
     assert late, "the sample has late views"
-    assert d.metrics.total("late_records_total") == len(late)
+    assert d.metrics.total("late_records_total") == late
 
 
 def test_crash_safety():

@@ -6,18 +6,10 @@ from __future__ import annotations
 import pytest
 
 from streamproc.testing import check_crash_safety
+from tests.topologies import expected
 from tests.topologies.helpers import out_of_order, per_key, pipe_all, steps
-from tests.topologies.reference import hopping
 from topologies._examples import BASE_MS, MINUTE, SECOND, partition_of
-from topologies.traffic_peaks import (
-    ADVANCE_MS,
-    GRACE_MS,
-    MAX_OUT_OF_ORDERNESS_MS,
-    THRESHOLD_BYTES,
-    WINDOW_MS,
-    build,
-    sample,
-)
+from topologies.traffic_peaks import THRESHOLD_BYTES, build, sample
 
 IN, TRAFFIC, ALERTS = "cell-traffic", "station-traffic", "traffic-alerts"
 MB = 1_000_000
@@ -72,19 +64,12 @@ def test_the_sample_gives_what_a_batch_computation_gives(topology_driver, seed, 
     d = topology_driver(build(), partitions=partitions)
     pipe_all(d, IN, events, partitions)
     d.finish()
-    windows, late = hopping(events, lambda k: partition_of(k, partitions), size=WINDOW_MS,
-                            advance=ADVANCE_MS, grace=GRACE_MS, ooo=MAX_OUT_OF_ORDERNESS_MS)
-    traffic = {station: [({"start": w["start"], "end": w["end"],
-                           "bytes": sum(v["bytes"] for v in w["values"])}, ts)
-                         for w, ts in seq] for station, seq in windows.items()}
-    alerts = {station: [({"station": station, **w, "threshold": THRESHOLD_BYTES}, ts)
-                        for w, ts in seq if w["bytes"] > THRESHOLD_BYTES]
-              for station, seq in traffic.items()}
-    assert per_key(d.records(TRAFFIC)) == traffic
-    assert per_key(d.records(ALERTS)) == {s: seq for s, seq in alerts.items() if seq}
-    assert sum(len(seq) for seq in alerts.values()) >= 2, "the sample has peaks"
+    out, late = expected.traffic_peaks(events, lambda k: partition_of(k, partitions))
+    assert per_key(d.records(TRAFFIC)) == out[TRAFFIC]
+    assert per_key(d.records(ALERTS)) == out[ALERTS]
+    assert sum(len(seq) for seq in out[ALERTS].values()) >= 2, "the sample has peaks"
     assert late, "the sample has reports late for some windows"
-    assert d.metrics.total("late_records_total") == len(late)
+    assert d.metrics.total("late_records_total") == late
 
 
 def test_crash_safety():
