@@ -58,6 +58,7 @@ def with_flush(records: Sequence[Event], flush: Callable[[str, int], Event],
 
 def main(argv: Sequence[str] | None, *, topology: Any, sample: Callable[[], list[Event]],
          flush: Callable[[str, int], Event]) -> int:
+    from streamproc import logs
     from streamproc.graph.compile import compile_topology
 
     parser = argparse.ArgumentParser(
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None, *, topology: Any, sample: Callable[[], list
     parser.add_argument("--partitions", type=int, default=PARTITIONS,
                         help="partitions of topics this creates (default 2)")
     args = parser.parse_args(argv)
+    logs.configure("warning")
     compiled = compile_topology(topology)
     bootstrap = _brokers()
     if args.produce:
@@ -123,7 +125,13 @@ def _show(bootstrap: str, topics: list[str]) -> int:
     import orjson
 
     from streamproc.kafka import io
+    from streamproc.kafka.admin import TopicAdmin
 
+    existing = TopicAdmin(bootstrap).partitions(topics)
+    missing = [t for t in topics if existing[t] is None]
+    if missing:
+        sys.stderr.write(f"no topic {', '.join(missing)} at {bootstrap}: run --produce first\n")
+        return 1
     for topic in topics:
         for r in io.read_all(bootstrap, topic):
             try:
