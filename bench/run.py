@@ -41,7 +41,7 @@ DRAIN = ("W1", "W2", "W3", "W4")
 # W3 records carry event times from 2023 as their timestamps (CreateTime), and so do its
 # windows' outputs: under the default time retention (7 days) the broker would delete them at
 # its next retention check, in the middle of a run.
-TOPIC_CONFIG = {"W3": {"retention.ms": "-1"}}
+TOPIC_CONFIG = {"W3": {"retention.ms": "-1"}, "W3R": {"retention.ms": "-1"}}
 TITLES = {
     "W1": "stateless: decode JSON, filter ~half, transform, encode, produce",
     "W2": "stateful count per key, an update per record",

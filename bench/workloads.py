@@ -225,7 +225,7 @@ def check(workload: str, exp: Expected,
           output: list[tuple[bytes | None, bytes | None]]) -> list[str]:
     """Compare an output topic's records (in offset order per partition) with the expectation;
     returns the problems found (empty when exact)."""
-    if workload == "W3":
+    if workload in ("W3", "W3R"):  # W3R: W3 behind a repartition (bench/propagation.py)
         return check_windows(exp, output)
     problems: list[str] = []
     if len(output) != exp.output_records:

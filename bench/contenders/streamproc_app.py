@@ -39,6 +39,11 @@ from streamproc.logs import configure
 from streamproc.runtime.app import Application
 
 
+def w3_user(event: dict[str, Any]) -> str:
+    user: str = event["user"]
+    return user
+
+
 def build(workload: str, app_id: str, source: str, sink: str) -> Topology:
     t = Topology(app_id)
     if workload == "W1":
@@ -57,6 +62,17 @@ def build(workload: str, app_id: str, source: str, sink: str) -> Topology:
         (t.source(source, key=codecs.raw(), value=codecs.json(), timestamp="create_time",
                   max_out_of_orderness_ms=0)
          .group_by_key()
+         .window(windows.tumbling(size_ms=W3_WINDOW_MS, grace_ms=W3_GRACE_MS))
+         .aggregate(w3_init, w3_add, store="w3", emit="final")
+         .to(sink, value=codecs.json()))
+    elif workload == "W3R":
+        # W3 behind a repartition (bench/propagation.py): re-keyed by the user field, so the
+        # window tasks' watermark comes from the upstream tasks' control records, or, with
+        # BENCH_PROPAGATION=off, from the largest timestamp each has seen.
+        t = Topology(app_id, watermark_propagation=os.environ.get("BENCH_PROPAGATION") != "off")
+        (t.source(source, key=codecs.raw(), value=codecs.json(), timestamp="create_time",
+                  max_out_of_orderness_ms=0)
+         .group_by(w3_user, key=codecs.string(), name="users")
          .window(windows.tumbling(size_ms=W3_WINDOW_MS, grace_ms=W3_GRACE_MS))
          .aggregate(w3_init, w3_add, store="w3", emit="final")
          .to(sink, value=codecs.json()))
