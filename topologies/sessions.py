@@ -61,8 +61,9 @@ def sample(seed: int = 3, n: int = 300) -> list[Event]:
     """About ``n`` page views of 12 visitors from 2024-03-01T00:00Z, in arrival order: sessions
     of 1-8 views 5 s to 12 min apart, separated by 31 min to 2 h of inactivity (one in 20
     exactly 30 min: the same session). CreateTime is when the page was viewed; 90% arrive within
-    20 s, 8% 20 s to 3 min later (beyond the out-of-orderness bound, but their sessions are
-    still open), 2% 6-8 hours later (their sessions have closed: late)."""
+    20 s, 6% 20 s to 3 min later (beyond the out-of-orderness bound, but their sessions are
+    still open), 2% 40-90 min later (late unless their session is still open) and 2% 6-8 hours
+    later (late: their sessions have closed)."""
     rng = random.Random(seed)
     sent: list[tuple[int, int, Event]] = []
     per_visitor = n // len(VISITORS)
@@ -75,7 +76,8 @@ def sample(seed: int = 3, n: int = 300) -> list[Event]:
                     ts += rng.randrange(5 * SECOND, 12 * MINUTE)
                 r = rng.random()
                 delay = (rng.randrange(20 * SECOND) if r < 0.9
-                         else rng.randrange(20 * SECOND, 3 * MINUTE) if r < 0.98
+                         else rng.randrange(20 * SECOND, 3 * MINUTE) if r < 0.96
+                         else rng.randrange(40 * MINUTE, 90 * MINUTE) if r < 0.98
                          else rng.randrange(6 * HOUR, 8 * HOUR))
                 click = {"visitor": v, "page": rng.choice(PAGES)}
                 sent.append((ts + delay, len(sent), (v, click, ts)))

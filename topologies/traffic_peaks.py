@@ -37,7 +37,7 @@ THRESHOLD_BYTES = 150_000_000
 
 
 def build(app_id: str = "traffic-peaks", source: str = "cell-traffic",
-          traffic: str = "station-traffic", alerts: str = "traffic-alerts") -> Topology:
+          sink: str = "station-traffic", alerts: str = "traffic-alerts") -> Topology:
     topology = Topology(app_id)
     load = (
         topology.source(source, key=codecs.string(), value=codecs.json(),
@@ -47,7 +47,7 @@ def build(app_id: str = "traffic-peaks", source: str = "cell-traffic",
         .sum(_bytes, store="station-bytes")
         .map(_traffic, name="traffic")
     )
-    load.to(traffic, key=codecs.string(), value=codecs.json())
+    load.to(sink, key=codecs.string(), value=codecs.json())
     (
         load.filter(lambda w: w["bytes"] > THRESHOLD_BYTES, name="over-threshold")
         .process(_alert, name="alert")
