@@ -6,9 +6,11 @@ windows report the timestamps of their own records, both inclusive: a sliding wi
 ``[t - size, t]`` for a record at ``t``; a session, count or global window is ``[first record,
 last record]``. Every window result carries its ``end`` as the output timestamp.
 
-A window closes when the task's watermark reaches ``end + grace`` (for sessions
-``end + gap + grace``): from then on a record for it is late (see ``late=`` on the window
-operators).
+A watermark ``W`` means that records before ``W`` are late. A ``[start, end)`` window closes
+when ``W >= end + grace``. A window whose end is a record's own timestamp closes once ``W``
+passes it: ``W > end + grace`` for sliding windows, ``W > end + gap + grace`` for sessions.
+After that, a record for it is late (see ``late=`` on the window operators;
+docs/event-time.md has the full rules).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class SlidingWindows(WindowSpec):
 
 @dataclass(frozen=True)
 class SessionWindows(WindowSpec):
-    """Records of a key less than ``gap_ms`` apart form one session; a record that bridges two
+    """Records of a key at most ``gap_ms`` apart form one session; a record that bridges two
     sessions merges them."""
 
     gap_ms: int = 0

@@ -208,3 +208,21 @@ def test_propagation_is_crash_and_rebalance_safe():
     assert check_crash_safety(skewed_topology, steps, schedules, partitions=2) == 16
 
 
+
+
+def test_crash_check_of_a_merged_fan_out_compares_per_key_multisets():
+    from streamproc.testing import CrashSafetyError
+
+    def merged() -> Topology:
+        t = Topology("fan")
+        s = t.source("in", key=codecs.string())
+        evens = s.filter(lambda n: n % 2 == 0).map(lambda n: {"even": n})
+        odds = s.filter(lambda n: n % 2 == 1).map(lambda n: {"odd": n})
+        evens.merge(odds).to("out")
+        return t
+
+    steps = [Pipe("in", n, "k", timestamp=n) for n in (2, 3, 4)]
+    schedule = [[Fault(0, "commit"), Fault(2, "crash")]]
+    with pytest.raises(CrashSafetyError):  # the branches interleave by batch
+        check_crash_safety(merged, steps, schedule)
+    assert check_crash_safety(merged, steps, schedule, ordered=False) == 1
