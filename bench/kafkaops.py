@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamproc.kafka import io
@@ -57,23 +57,8 @@ class Kafka:
     def produce_timed(self, topic: str,
                       records: Iterable[tuple[bytes, bytes, int, int | None]]) -> int:
         """Produce (key, value, timestamp, partition or None) with each record's own CreateTime
-        (W3's event time): ``io.produce`` lets the producer stamp the send time. The same
-        producer settings as ``io.produce``; returns the number of records delivered."""
-        p = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
-                      "linger.ms": 5, "partitioner": "murmur2_random"})
-        n = 0
-        for key, value, ts, part in records:
-            kwargs = {"timestamp": ts} if part is None else {"timestamp": ts, "partition": part}
-            while True:
-                try:
-                    p.produce(topic, value, key, **kwargs)
-                    break
-                except BufferError:
-                    p.poll(0.1)
-            n += 1
-        if p.flush(60):
-            raise RuntimeError(f"could not deliver all records to {topic}")
-        return n
+        (W3's event time); returns the number of records delivered."""
+        return io.produce_timed(self.bootstrap, topic, records)
 
     def produce_to_partitions(self, topic: str, partitions: int,
                               records: list[tuple[bytes, bytes]]) -> None:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     shutdown_timeout_ms: int = Field(30_000, ge=1000)
     state_cache_max_keys: int = Field(200_000, ge=0)
     restore_batch_size: int = Field(10_000, ge=1)
+    repartition_purge_interval_ms: int = Field(
+        30_000, ge=100, description="How often records of repartition topics that the group "
+        "has committed are deleted (the topics have no time-based retention).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     consumer_config: dict[str, str] = Field(

@@ -17,6 +17,7 @@ from typing import Any
 
 from streamproc import Topology
 from streamproc.config import load_settings
+from streamproc.kafka import io
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
 from streamproc.runtime.app import Application
 
@@ -29,6 +30,22 @@ def unique(prefix: str) -> str:
 
 def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
     TopicAdmin(bootstrap).create([TopicSpec(name, n) for name, n in specs])
+
+
+def feed(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]],
+         seconds: float, chunks: int = 30) -> threading.Thread:
+    """Produce ``records`` in ``chunks`` spread over ``seconds`` from a background thread, so
+    that kills and rebalances land mid-processing."""
+    size = -(-len(records) // chunks)
+
+    def run() -> None:
+        for i in range(0, len(records), size):
+            io.produce(bootstrap, topic, records[i:i + size])
+            time.sleep(seconds / chunks)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
 
 
 # Fast checkpoints and a short session so tests spend their time on behaviour, not timeouts.

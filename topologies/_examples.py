@@ -89,8 +89,7 @@ def _brokers() -> str:
 
 def _produce(bootstrap: str, compiled: Any, records: list[Event],
              flush: Callable[[str, int], Event], partitions: int) -> int:
-    from confluent_kafka import Producer
-
+    from streamproc.kafka import io
     from streamproc.kafka.admin import TopicAdmin, TopicSpec
 
     admin = TopicAdmin(bootstrap)
@@ -99,23 +98,12 @@ def _produce(bootstrap: str, compiled: Any, records: list[Event],
     existing = admin.partitions(topics)
     admin.create([TopicSpec(t, partitions, {"retention.ms": "-1"})
                   for t in topics if existing[t] is None])
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                         "linger.ms": 5})
     for topic in compiled.user_source_topics:
         n = existing[topic] or partitions
         node = compiled.source_node(topic)
-        events = with_flush(records, flush, n)
-        for key, value, ts in events:
-            while True:
-                try:
-                    producer.produce(topic, node.value_codec.encode(value),
-                                     node.key_codec.encode(key), partition_of(key, n),
-                                     timestamp=ts)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        if producer.flush(60):
-            raise RuntimeError(f"could not deliver every record to {topic}")
+        io.produce_timed(bootstrap, topic, (
+            (node.key_codec.encode(key), node.value_codec.encode(value), ts,
+             partition_of(key, n)) for key, value, ts in with_flush(records, flush, n)))
         sys.stdout.write(f"{topic}: {len(records)} sample records and {n} flush records on "
                          f"{n} partitions ({bootstrap})\n")
     return 0

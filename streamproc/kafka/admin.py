@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streamproc.errors import StreamprocError
@@ -56,6 +59,17 @@ class TopicAdmin:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise StreamprocError(f"cannot create topic {name!r}: {exc.args[0]}") from exc
 
+    def purge(self, before: dict[tuple[str, int], int]) -> None:
+        """Delete records before the given offsets (repartition topics, once their consumer
+        group has committed past them). Asynchronous: the loop does not wait; a failure is
+        logged and the next purge covers it."""
+        if not before:
+            return
+        futures = self._admin.delete_records(
+            [KafkaTopicPartition(t, p, o) for (t, p), o in before.items()])
+        for fut in futures.values():
+            fut.add_done_callback(_log_purge_failure)
+
     def delete(self, topics: list[str]) -> None:
         if not topics:
             return
@@ -67,3 +81,9 @@ class TopicAdmin:
                 if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                     raise
                 log.debug("admin.topic_absent", topic=name)
+
+
+def _log_purge_failure(fut: Future[Any]) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.warning("admin.purge_failed", error=str(exc))

@@ -27,16 +27,24 @@ class ReadRecord:
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
             *, partition: int | None = None, headers: Headers | None = None) -> int:
     """Produce (key, value) pairs idempotently and wait for all acknowledgements."""
+    return produce_timed(bootstrap, topic, ((k, v, None, partition) for k, v in records),
+                         headers=headers)
+
+
+def produce_timed(bootstrap: str, topic: str,
+                  records: Iterable[tuple[bytes | None, bytes | None, int | None, int | None]],
+                  *, headers: Headers | None = None) -> int:
+    """Produce (key, value, timestamp, partition) records idempotently and wait for all
+    acknowledgements. A None timestamp is the send time (event-time data sets its own
+    CreateTime); a None partition is the key's under murmur2, Kafka's Java default."""
     p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
                   "partitioner": "murmur2_random"})
     n = 0
-    for key, value in records:
+    for key, value, ts, partition in records:
+        part = -1 if partition is None else partition  # -1: let the partitioner choose
         while True:
             try:
-                if partition is None:
-                    p.produce(topic, value, key, headers=headers)
-                else:
-                    p.produce(topic, value, key, partition, headers=headers)
+                p.produce(topic, value, key, part, timestamp=ts or 0, headers=headers)
                 break
             except BufferError:
                 p.poll(0.1)

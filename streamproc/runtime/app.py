@@ -79,6 +79,8 @@ class Application:
         self._restorer: Restorer | None = None
         self._reset_to = OFFSET_BEGINNING
         self._plan: Plan | None = None
+        self._admin: TopicAdmin | None = None
+        self._purgeable: dict[tuple[str, int], int] = {}  # committed repartition offsets
         self.processed = 0
         self.checkpoints = 0
 
@@ -105,7 +107,8 @@ class Application:
     # -- start and stop ------------------------------------------------------------------------
     def _start(self) -> None:
         s = self.settings
-        plan = self._plan = resolve(self.compiled, TopicAdmin(self.bootstrap))
+        self._admin = TopicAdmin(self.bootstrap)
+        plan = self._plan = resolve(self.compiled, self._admin)
         self._statedir.lock()
         instance = self._statedir.instance_id(s.instance_id)
         txid = f"{self.app_id}-{instance}" if self._eos else None
@@ -148,7 +151,7 @@ class Application:
             collector.close(self._op_timeout_s)
         # Drop the clients now, not when the Application object is collected: their threads
         # would otherwise keep reconnecting to the cluster.
-        self._collector = self._consumer = self._restorer = None
+        self._collector = self._consumer = self._restorer = self._admin = None
         self._statedir.unlock()
         log.info("instance.stopped", app=self.app_id, processed=self.processed,
                  checkpoints=self.checkpoints, failed=self._failed is not None)
@@ -161,6 +164,8 @@ class Application:
         interval = s.commit_interval_ms / 1000
         next_checkpoint = time.monotonic() + interval
         next_stats = time.monotonic() + _STATS_EVERY_S
+        purge_s = s.repartition_purge_interval_ms / 1000
+        next_purge = time.monotonic() + purge_s
         poll_s = s.poll_timeout_ms / 1000
         timed = any(st.time_aware or st.repartition_sinks for st in self.compiled.subtopologies)
         next_tick = time.monotonic()
@@ -193,6 +198,10 @@ class Application:
             if now >= next_stats:
                 next_stats = now + _STATS_EVERY_S
                 self._log_stats()
+            if now >= next_purge and self._purgeable and self._admin is not None:
+                next_purge = now + purge_s
+                self._admin.purge(self._purgeable)
+                self._purgeable = {}
 
     def _consume(self, n: int, wait_s: float) -> list[Any]:
         """Up to ``n`` messages, waiting at most ``wait_s`` for the first one.
@@ -413,6 +422,9 @@ class Application:
             return False
         for t in running:
             t.mark_committed({tp: o for tp, o in offsets.items() if tp in t.next_offsets})
+        for tp, o in offsets.items():  # committed: records before o are no longer needed
+            if tp.topic in self.compiled.repartition_topics:
+                self._purgeable[(tp.topic, tp.partition)] = o
         if self._eos:
             collector.begin()
         secs = time.monotonic() - started

@@ -183,7 +183,10 @@ def _timed_source(node: SourceNode, topic: str, down: Push, ctx: TaskContext, *,
             if internal:
                 headers = m.headers()
                 if headers and headers[0][0] == CONTROL_HEADER:
-                    time.control(topic, m.value() or b"{}", m.offset() or 0)
+                    try:
+                        time.control(topic, m.value() or b"", m.offset() or 0)
+                    except Exception as exc:  # not written by a streamproc task: bad input
+                        on_error(m, exc, where)
                     continue
             try:
                 raw = m.value()

@@ -14,8 +14,14 @@ from streamproc.graph.compile import CompiledTopology, SubTopology
 from streamproc.kafka.admin import TopicSpec
 
 CHANGELOG_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
-REPARTITION_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
-DLQ_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)}
+# Repartition records keep their event timestamps, which may be far in the past (a replay, a
+# backfill): time-based retention would delete them before the downstream task reads them. So
+# no retention; the application deletes what its group has committed (Application._purge).
+REPARTITION_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1"}
+# Dead letters and late records keep their original timestamps too: retention counts from
+# when they were written instead (the original time is in the streamproc.timestamp header).
+DLQ_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000),
+              "message.timestamp.type": "LogAppendTime"}
 
 
 class Topics(Protocol):

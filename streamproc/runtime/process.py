@@ -228,8 +228,8 @@ class TimerProcess:
         out: list[Record] = []
         at, event = self.time.watermark_at, self.heaps[EVENT_TIME]
         for r in batch:
-            if event and at(r.origin) >= event[0][0]:
-                self._fire(EVENT_TIME, at(r.origin), out)
+            if event and (wm := at(r.origin)) >= event[0][0]:
+                self._fire(EVENT_TIME, wm, out)
             try:
                 kb = store_key(r)
             except NullKeyError as exc:

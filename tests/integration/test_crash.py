@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamproc.kafka import io
-from tests.harness import AppProcess, create_topics, unique
+from tests.harness import AppProcess, create_topics, feed, unique
 from tests.integration.wordcount_check import (
     assert_exactly_once,
     expected_counts,
@@ -23,18 +23,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.crash]
 
 
 def _feed(bootstrap: str, topic: str, lines: list[str], seconds: float) -> threading.Thread:
-    """Produce ``lines`` spread over ``seconds`` so that kills land mid-processing."""
-    chunks = 30
-    size = -(-len(lines) // chunks)
-
-    def run() -> None:
-        for i in range(0, len(lines), size):
-            io.produce(bootstrap, topic, ((None, ln.encode()) for ln in lines[i:i + size]))
-            time.sleep(seconds / chunks)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+    """Produce ``lines`` (no key) spread over ``seconds`` so that kills land mid-processing."""
+    return feed(bootstrap, topic, [(None, ln.encode()) for ln in lines], seconds)
 
 
 def _finish_and_verify(app: AppProcess, kafka: str, app_id: str, src: str, sink: str,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 import zlib
 from collections import Counter
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from streamproc.kafka import io
-from tests.harness import AppProcess, create_topics, unique
+from tests.harness import AppProcess, create_topics, feed, unique
 
 pytestmark = [pytest.mark.kafka, pytest.mark.crash]
 
@@ -52,21 +51,6 @@ def _expected(events: list[tuple[bytes, bytes]]) -> Counter[tuple[str, int]]:
     return out
 
 
-def _feed(kafka: str, topic: str, records: list[tuple[bytes, bytes]], seconds: float) -> (
-        threading.Thread):
-    chunks = 25
-    size = -(-len(records) // chunks)
-
-    def run() -> None:
-        for i in range(0, len(records), size):
-            io.produce(kafka, topic, records[i:i + size])
-            time.sleep(seconds / chunks)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
 def _verify(kafka: str, app_id: str, sink: str, events: list[tuple[bytes, bytes]]) -> None:
     got: Counter[tuple[str, int]] = Counter()
     for r in io.read_all(kafka, sink):
@@ -89,7 +73,7 @@ def test_windowed_results_are_exact_under_repeated_kill9(kafka: str, tmp_path: P
                      tmp_path / "app.log", {"T_APP": app_id, "T_IN": src, "T_OUT": sink},
                      consume_batch_size=150)
     rng = random.Random(99)
-    feeder = _feed(kafka, src, events, seconds=15)
+    feeder = feed(kafka, src, events, seconds=15, chunks=25)
     kills = 0
     while feeder.is_alive() or kills < 5:
         app.start()
@@ -119,7 +103,7 @@ def test_windows_and_watermarks_move_with_their_partitions(kafka: str, tmp_path:
                      env, consume_batch_size=150)
     two = AppProcess("tests.apps:windowed_counts", kafka, tmp_path / "s2", tmp_path / "2.log",
                      env, consume_batch_size=150)
-    feeder = _feed(kafka, src, events, seconds=12)
+    feeder = feed(kafka, src, events, seconds=12, chunks=25)
     one.start()
     time.sleep(4)
     two.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,47 @@ def test_state_dir_deleted_is_rebuilt_from_changelog(kafka: str, tmp_path: Path)
     assert_exactly_once(kafka, sink, first + second)
     assert store_contents(tmp_path / "b", app_id, "counts", 2) == \
         dict(expected_counts(first + second))
+
+
+def test_consumed_repartition_records_are_deleted_and_old_timestamps_are_safe(
+        kafka: str, tmp_path: Path) -> None:
+    """Repartition records keep their (event) timestamps, so their topic has no time-based
+    retention: records dated 1970 must survive until processed, then be purged once the group
+    has committed past them. Dead letters are retained by when they were written."""
+    from confluent_kafka import Consumer
+    from confluent_kafka import TopicPartition as KafkaTopicPartition
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    app_id, src, sink = unique("purge"), unique("lines"), unique("counts")
+    create_topics(kafka, (src, 2), (sink, 2))
+    lines = make_lines(600, seed=5)
+    io.produce_timed(kafka, src, ((None, ln.encode(), 1000 + i, None)
+                                  for i, ln in enumerate(lines)))
+    topology = build(app_id, src, sink)
+    repartition = f"{app_id}-words-repartition"
+    with running(topology, kafka, tmp_path, repartition_purge_interval_ms=500) as app:
+        assert io.wait_processed(kafka, app_id, list(app.compiled.topic_subtopology), 90)
+        io.produce(kafka, src, [(None, b"one more line")])  # a checkpoint after the wait
+        assert io.wait_processed(kafka, app_id, list(app.compiled.topic_subtopology), 90)
+        committed = io.committed_offsets(kafka, app_id, repartition)
+        c = Consumer({"bootstrap.servers": kafka, "group.id": unique("probe")})
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                lows = [c.get_watermark_offsets(KafkaTopicPartition(repartition, p), 10)[0]
+                        for p in range(2)]
+                if lows == [committed[0], committed[1]] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        finally:
+            c.close()
+        # Exactly what the group committed is gone (under exactly-once the last offset of a
+        # partition is a transaction marker, so the log end is one past the committed offset).
+        assert all(o > 0 for o in committed.values())
+        assert lows == [committed[0], committed[1]]
+    assert_exactly_once(kafka, sink, [*lines, "one more line"])
+    admin = AdminClient({"bootstrap.servers": kafka})
+    resources = [ConfigResource("topic", repartition), ConfigResource("topic", f"{app_id}-dlq")]
+    configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    assert configs[repartition]["retention.ms"].value == "-1"
+    assert configs[f"{app_id}-dlq"]["message.timestamp.type"].value == "LogAppendTime"

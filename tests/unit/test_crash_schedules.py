@@ -4,6 +4,8 @@ or emitted twice."""
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,6 +49,9 @@ def test_any_crash_schedule_gives_the_failure_free_output(script):
     expected = run_steps(windowed, steps, None)
     got = run_steps(windowed, steps, faults, batch_size=batch)
     assert got == expected
-    # and the failure-free output itself is right: each tumbling window exactly once
-    starts = [(k, r[0]) for k, rs in expected["counts"].items() for r in rs]
-    assert len(starts) == len(set(starts))
+    # and the failure-free output itself is right: each tumbling window exactly once, with
+    # the window end as its timestamp
+    windows_out = [(k, json.loads(value)["start"], json.loads(value)["end"], ts)
+                   for k, rs in expected["counts"].items() for value, ts, _ in rs]
+    assert len({(k, s) for k, s, _, _ in windows_out}) == len(windows_out)
+    assert all(end == ts == s + 20 for _, s, end, ts in windows_out)

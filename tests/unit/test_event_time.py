@@ -226,3 +226,18 @@ def test_crash_check_of_a_merged_fan_out_compares_per_key_multisets():
     with pytest.raises(CrashSafetyError):  # the branches interleave by batch
         check_crash_safety(merged, steps, schedule)
     assert check_crash_safety(merged, steps, schedule, ordered=False) == 1
+
+
+def test_a_malformed_control_record_is_dead_lettered_not_a_crash(topology_driver):
+    from streamproc.time.watermarks import CONTROL_HEADER
+
+    d = topology_driver(skewed_topology())
+    topic = "skew-byk-repartition"
+    d.cluster.append(topic, 0, None, b"not json", 7, [(CONTROL_HEADER, b"watermark")])
+    d.pipe("in", {"k": "x"}, "p0", timestamp=5)  # the downstream task reads the topic
+    (letter,) = d.dead_letters()
+    assert (letter.value, letter.headers["streamproc.topic"],
+            letter.headers["streamproc.offset"], letter.headers["streamproc.operator"],
+            letter.headers["streamproc.error.type"]) == (
+        b"not json", topic.encode(), b"0", b"byk.source", b"JSONDecodeError")
+    assert d.watermarks()["1_0"] == 5  # the real control record still counts

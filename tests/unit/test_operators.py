@@ -17,41 +17,18 @@ from streamproc.graph.compile import compile_topology
 from streamproc.runtime import operators
 from streamproc.runtime.operators import NullKeyError, RecordTooLarge, build_pipeline
 from streamproc.state.store import KeyValueStore
+from streamproc.testing.memory import Message
 from streamproc.time.watermarks import TaskTime
 from topologies.wordcount import build
 
 WORDS = "wordcount-words-repartition"
 
 
-class Msg:
-    """A consumed Kafka message, as far as the operators look at one."""
-
-    def __init__(self, value: bytes | None, key: bytes | None = None, *, topic: str = "in",
-                 partition: int = 0, offset: int = 0, ts: int = 1000,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
-        self._value, self._key, self._topic = value, key, topic
-        self._partition, self._offset, self._ts, self._headers = partition, offset, ts, headers
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes]] | None:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._ts)  # TIMESTAMP_CREATE_TIME
+def Msg(value: bytes | None, key: bytes | None = None, *, topic: str = "in",
+        partition: int = 0, offset: int = 0, ts: int = 1000,
+        headers: list[tuple[str, bytes]] | None = None) -> Message:
+    """A consumed Kafka message, as the test driver's in-memory cluster makes them."""
+    return Message(topic, partition, offset, key, value, ts, headers, seq=0)
 
 
 class FakeContext:
