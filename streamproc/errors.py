@@ -26,9 +26,15 @@ class TopologyError(StreamprocError):
 class CodecError(StreamprocError):
     """A key or value could not be encoded or decoded: bad input, handled by the source's policy."""
 
-    def __init__(self, codec: str, message: str) -> None:
+    def __init__(self, codec: str, message: str, *, schema_id: int | None = None) -> None:
         super().__init__(f"{codec}: {message}")
         self.codec = codec
+        self.schema_id = schema_id  # the registry schema id the bytes named, when there was one
+
+
+class InfrastructureError(StreamprocError):
+    """Not the record's fault (e.g. the schema registry is unreachable): never dead-lettered or
+    skipped. The instance stops; after a restart it replays from the last checkpoint."""
 
 
 class ProcessingFailed(StreamprocError):

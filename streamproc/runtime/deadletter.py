@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import structlog
 
-from streamproc.errors import ProcessingFailed
+from streamproc.errors import CodecError, InfrastructureError, ProcessingFailed
 from streamproc.metrics import Metrics
 from streamproc.types import ErrorPolicy, Headers, Origin
 
@@ -30,6 +30,8 @@ def dead_letter(origin: Origin, exc: BaseException, where: str,
     offset = origin.offset()
     partition = -1 if partition is None else partition
     offset = -1 if offset is None else offset
+    if isinstance(exc, InfrastructureError):
+        raise exc  # not the record's fault: stop, replay from the checkpoint after restart
     policy = policies.get(topic, default)
     if policy == "fail":
         raise ProcessingFailed(where, topic, partition, offset, exc) from exc
@@ -50,4 +52,8 @@ def dead_letter(origin: Origin, exc: BaseException, where: str,
                         ("streamproc.operator", where.encode()),
                         ("streamproc.error.type", etype.encode()),
                         ("streamproc.error.message", message.encode())]
+    if isinstance(exc, CodecError):
+        headers.append(("streamproc.codec", exc.codec.encode()))
+        if exc.schema_id is not None:
+            headers.append(("streamproc.schema.id", str(exc.schema_id).encode()))
     return origin.key(), origin.value(), ts if ts > 0 else clock(), headers

@@ -22,6 +22,8 @@ from typing import Any
 
 from streamproc.api.topology import Topology
 from streamproc.codecs.base import Codec
+from streamproc.codecs.registry import RegistrySettings
+from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import compile_topology
 from streamproc.graph.nodes import (
     AggregateNode,
@@ -39,6 +41,8 @@ from streamproc.state.windowed import WindowStateCodec, split_window_key
 from streamproc.testing.memory import Cluster, MemoryAdmin, Message
 from streamproc.time.watermarks import CONTROL_HEADER
 from streamproc.types import Headers, Origin, TaskId, TopicPartition
+
+DRIVER_REGISTRY = "mock://streamproc-test-driver"
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,14 @@ class TopologyTestDriver:
     def __init__(self, topology: Topology, *, partitions: int | dict[str, int] = 1,
                  state_dir: Path | str | None = None, start_time_ms: int = 0,
                  auto_commit: bool = True, batch_size: int | None = None,
-                 cache_max_keys: int = 200_000) -> None:
+                 cache_max_keys: int = 200_000,
+                 schema_registry: str = DRIVER_REGISTRY) -> None:
         self.topology = topology
         self.compiled = compile_topology(topology)
+        # Registry codecs bind to confluent-kafka's in-memory registry: tests that produce or
+        # inspect framed records use the same URL (codecs.registry_client) and see the same ids.
+        self.registry = RegistrySettings(schema_registry)
+        bind_codecs(self.compiled, self.registry)
         per_topic = partitions if isinstance(partitions, dict) else {}
         self.cluster = Cluster(default_partitions=partitions if isinstance(partitions, int)
                                else 1, partitions=dict(per_topic))
