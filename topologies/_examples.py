@@ -19,7 +19,11 @@ import argparse
 import sys
 import zlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+# The examples' Avro schemas, found wherever the process runs from.
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 Event = tuple[str, dict[str, Any], int]  # (key, value, timestamp in epoch ms)
 
@@ -57,8 +61,11 @@ def with_flush(records: Sequence[Event], flush: Callable[[str, int], Event],
 
 
 def main(argv: Sequence[str] | None, *, topology: Any, sample: Callable[[], list[Event]],
-         flush: Callable[[str, int], Event]) -> int:
+         flush: Callable[[str, int], Event], avro_topology: Any = None) -> int:
     from streamproc import logs
+    from streamproc.cli import resolve_brokers
+    from streamproc.config import load_settings
+    from streamproc.graph.binding import bind_codecs
     from streamproc.graph.compile import compile_topology
 
     parser = argparse.ArgumentParser(
@@ -72,19 +79,24 @@ def main(argv: Sequence[str] | None, *, topology: Any, sample: Callable[[], list
     parser.add_argument("--partitions", type=int, default=PARTITIONS,
                         help="partitions of topics this creates (default 2)")
     args = parser.parse_args(argv)
+    parser.add_argument("--avro", action="store_true",
+                        help="the Avro variant (schema registry wire format; needs "
+                        "STREAMPROC_SCHEMA_REGISTRY_URL)" if avro_topology is not None
+                        else argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     logs.configure("warning")
+    if args.avro:
+        if avro_topology is None:
+            parser.error("this example has no Avro variant")
+        topology = avro_topology
     compiled = compile_topology(topology)
-    bootstrap = _brokers()
+    settings = load_settings()
+    # Registry codecs need their topic and the registry: the same binding as the app's.
+    bind_codecs(compiled, settings.registry())
+    bootstrap = resolve_brokers(settings)
     if args.produce:
         return _produce(bootstrap, compiled, sample(), flush, args.partitions)
-    return _show(bootstrap, [*compiled.sink_topics, *compiled.late_topics])
-
-
-def _brokers() -> str:
-    from streamproc.cli import resolve_brokers
-    from streamproc.config import load_settings
-
-    return resolve_brokers(load_settings())
+    return _show(bootstrap, compiled)
 
 
 def _produce(bootstrap: str, compiled: Any, records: list[Event],
@@ -109,24 +121,29 @@ def _produce(bootstrap: str, compiled: Any, records: list[Event],
     return 0
 
 
-def _show(bootstrap: str, topics: list[str]) -> int:
+def _show(bootstrap: str, compiled: Any) -> int:
+    """Print the output records, decoded with the codecs the topology writes them with."""
     import orjson
 
     from streamproc.kafka import io
     from streamproc.kafka.admin import TopicAdmin
 
+    sinks = {s.topic: s for st in compiled.subtopologies for s in st.sinks}
+    topics = [*compiled.sink_topics, *compiled.late_topics]
     existing = TopicAdmin(bootstrap).partitions(topics)
     missing = [t for t in topics if existing[t] is None]
     if missing:
         sys.stderr.write(f"no topic {', '.join(missing)} at {bootstrap}: run --produce first\n")
         return 1
     for topic in topics:
+        sink = sinks.get(topic)
         for r in io.read_all(bootstrap, topic):
             try:
-                value: Any = orjson.loads(r.value or b"null")
-            except orjson.JSONDecodeError:
+                value: Any = (sink.value_codec.decode(r.value) if sink is not None
+                              else orjson.loads(r.value or b"null"))
+            except Exception:
                 value = (r.value or b"").decode(errors="replace")
             line = {"topic": topic, "partition": r.partition, "timestamp": r.timestamp,
                     "key": (r.key or b"").decode(errors="replace"), "value": value}
-            sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            sys.stdout.write(orjson.dumps(line, default=str).decode() + "\n")
     return 0

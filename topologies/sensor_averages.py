@@ -15,6 +15,10 @@ window that had a reading, when the window closes.
 
 Sample data: ``sample()``; ``python3 -m topologies.sensor_averages --produce`` writes it to the
 broker (see topologies/_examples.py).
+
+Avro variant ``avro`` (topics ``sensor-readings-avro`` -> ``sensor-averages-avro``): the same
+computation with values in the schema registry wire format, the two schemas above registered
+under the topics' value subjects (``--avro`` on the sample commands).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import sys
 from typing import Any
 
 from streamproc import Topology, codecs, windows
-from topologies._examples import BASE_MS, SECOND, Event, main
+from streamproc.time import epoch_ms
+from topologies._examples import BASE_MS, SCHEMAS, SECOND, Event, main
 
 WINDOW_MS = 5 * SECOND
 MAX_OUT_OF_ORDERNESS_MS = 2 * SECOND
@@ -32,23 +37,27 @@ GRACE_MS = 1 * SECOND
 
 
 def build(app_id: str = "sensor-averages", source: str = "sensor-readings",
-          sink: str = "sensor-averages") -> Topology:
+          sink: str = "sensor-averages", *, avro: bool = False) -> Topology:
+    """``avro=True``: values in the schema registry wire format with the schemas above
+    (``ts``, ``start`` and ``end`` are Avro timestamp-millis: datetimes in Python)."""
     topology = Topology(app_id)
+    value_in = codecs.registry_avro(SCHEMAS / "sensor-reading.avsc") if avro else codecs.json()
+    value_out = codecs.registry_avro(SCHEMAS / "sensor-average.avsc") if avro else codecs.json()
     (
-        topology.source(source, key=codecs.string(), value=codecs.json(),
+        topology.source(source, key=codecs.string(), value=value_in,
                         timestamp=_reading_time,
                         max_out_of_orderness_ms=MAX_OUT_OF_ORDERNESS_MS)
         .group_by_key()
         .window(windows.tumbling(WINDOW_MS, grace_ms=GRACE_MS))
         .mean(_temperature, store="temperature-means")
         .map(_average, name="average")
-        .to(sink, key=codecs.string(), value=codecs.json())
+        .to(sink, key=codecs.string(), value=value_out)
     )
     return topology
 
 
 def _reading_time(reading: dict[str, Any]) -> int:
-    return int(reading["ts"])
+    return epoch_ms(reading["ts"])
 
 
 def _temperature(reading: dict[str, Any]) -> float:
@@ -61,6 +70,8 @@ def _average(window: dict[str, Any]) -> dict[str, Any]:
 
 
 topology = build()
+# python3 -m streamproc run topologies.sensor_averages:avro (with STREAMPROC_SCHEMA_REGISTRY_URL)
+avro = build("sensor-averages-avro", "sensor-readings-avro", "sensor-averages-avro", avro=True)
 
 SENSORS = tuple(f"sensor-{i}" for i in range(1, 5))
 
@@ -93,4 +104,4 @@ def flush(key: str, ts: int) -> Event:
 
 
 if __name__ == "__main__":
-    sys.exit(main(None, topology=topology, sample=sample, flush=flush))
+    sys.exit(main(None, topology=topology, sample=sample, flush=flush, avro_topology=avro))

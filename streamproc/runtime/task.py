@@ -99,7 +99,10 @@ class Task:
         return wiped
 
     def start(self) -> None:
-        """The stores are restored: load the watermark state and rebuild timer indexes."""
+        """The stores are restored: check that their values still decode, load the watermark
+        state and rebuild timer indexes."""
+        for store in self.stores.values():
+            store.check_values()
         name = self.subtopology.time_store
         if name is not None:
             raw = self.stores[name].get(_TIME_KEY)

@@ -19,7 +19,7 @@ import rocksdict
 import structlog
 
 from streamproc.codecs.base import Codec
-from streamproc.errors import StreamprocError
+from streamproc.errors import InfrastructureError, StreamprocError
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +32,17 @@ _DELETED: Any = object()
 
 class StoreCorrupted(StreamprocError):
     pass
+
+
+class StateSchemaError(InfrastructureError):
+    """Stored values no longer decode with the store's codec: the deployment changed a state
+    value's schema incompatibly (docs/schemas.md, "State"). Never a record's fault, so never
+    dead-lettered: the instance stops naming the store."""
+
+
+# How many stored values a task decodes when it starts (after restore): enough to catch a
+# changed schema before the first record, without reading the whole store.
+CHECK_SAMPLE = 256
 
 
 class KeyValueStore:
@@ -123,7 +134,13 @@ class KeyValueStore:
         value = self.cache.get(key, _MISSING)
         if value is _MISSING:
             raw = self.db.get(key)
-            value = _DELETED if raw is None else self.codec.decode(raw)
+            if raw is None:
+                value = _DELETED
+            else:
+                try:
+                    value = self.codec.decode(raw)
+                except Exception as exc:
+                    raise self._undecodable(key, exc) from exc
             self.cache[key] = value
         return default if value is _DELETED else value
 
@@ -193,6 +210,29 @@ class KeyValueStore:
         """Write a filled restore batch together with the changelog offset it reaches."""
         batch.put(_CHANGELOG_OFFSET, _OFFSET.pack(next_offset), self._meta_handle)
         self.db.write(batch)
+
+    def check_values(self, limit: int = CHECK_SAMPLE) -> int:
+        """Decode up to ``limit`` stored values (in key order): a store written with a schema
+        the codec can no longer read fails here, at start, naming the store, instead of deep in
+        an operator on the first record that touches such a key. Returns how many were read."""
+        n = 0
+        for key, raw in self.db.items():
+            if n >= limit:
+                break
+            try:
+                self.codec.decode(raw)
+            except Exception as exc:
+                raise self._undecodable(key, exc) from exc
+            n += 1
+        return n
+
+    def _undecodable(self, key: bytes, exc: BaseException) -> StateSchemaError:
+        return StateSchemaError(
+            f"state store {self.name!r} (partition {self.partition}): a stored value for key "
+            f"{key[:60]!r} does not decode with {self.codec.name}: {exc}. The topology changed "
+            "the store's value schema incompatibly with what earlier deployments wrote; make "
+            "the change compatible (docs/schemas.md, State), migrate the state through a "
+            "savepoint, or reset the application")
 
     def items(self) -> Iterator[tuple[bytes, Any]]:
         """Committed content, decoded (for tests and state inspection)."""
