@@ -4,8 +4,8 @@ client expects, bad records dead-lettered with codec and schema id."""
 
 from __future__ import annotations
 
-from collections import Counter
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
