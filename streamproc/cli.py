@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,13 +13,14 @@ from typing import Any
 import structlog
 
 from streamproc import logs
+from streamproc.codecs.schemas import SCHEMA_DIR_ENV
 from streamproc.config import Settings, flag_for, load_settings
 from streamproc.errors import ConfigError, StreamprocError, TopologyError
 from streamproc.loader import load_topology
 
 log = structlog.get_logger("streamproc.cli")
 
-_DICT_SETTINGS = {"consumer_config", "producer_config"}
+_DICT_SETTINGS = {"consumer_config", "producer_config", "schema_registry_config"}
 
 
 def resolve_brokers(settings: Settings) -> str:
@@ -69,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _configure_logs(args)
     assert settings is not None
+    if settings.schema_dir is not None:  # topologies find their .avsc files by name there
+        os.environ[SCHEMA_DIR_ENV] = str(settings.schema_dir)
     topology = load_topology(args.topology)
     app = Application(topology, settings, bootstrap=resolve_brokers(settings))
 
@@ -110,6 +114,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, lines=args.lines)
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from streamproc.ops import dlq
+
+    logs.configure("warning")
+    bootstrap = resolve_brokers(load_settings(brokers=args.brokers))
+    if args.action == "inspect":
+        dlq.inspect(bootstrap, args.app, error_types=args.error_type, topic=args.topic,
+                    limit=args.limit, as_json=args.json)
+        return 0
+    dlq.replay(bootstrap, args.app, error_types=args.error_type, topic=args.topic,
+               dry_run=args.dry_run, from_beginning=args.from_beginning)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamproc",
                                      description="Kafka-native stream processing")
@@ -131,6 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lines", type=int, default=2000)
     _add_setting_flags(demo)
     demo.set_defaults(func=cmd_demo)
+
+    dlq = sub.add_parser("dlq", help="inspect or replay an application's dead-letter topic")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True)
+    for action, text in (("inspect", "print the dead letters with their headers"),
+                         ("replay", "send dead letters back to their source topic (each once)")):
+        p = dlq_sub.add_parser(action, help=text)
+        p.add_argument("--app", required=True, help="application id (the topic is {app}-dlq)")
+        p.add_argument("--error-type", action="append", default=None, metavar="TYPE",
+                       help="only dead letters with this streamproc.error.type (repeatable)")
+        p.add_argument("--topic", default=None, help="only dead letters from this source topic")
+        if action == "inspect":
+            p.add_argument("--limit", type=int, default=None)
+            p.add_argument("--json", action="store_true", help="one JSON object per line")
+        else:
+            p.add_argument("--dry-run", action="store_true", help="print, write nothing")
+            p.add_argument("--from-beginning", action="store_true",
+                           help="every dead letter, not only those not replayed yet")
+        p.add_argument("--brokers", default=None, help="(env STREAMPROC_BROKERS)")
+        p.set_defaults(func=cmd_dlq)
     return parser
 
 

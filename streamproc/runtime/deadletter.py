@@ -19,6 +19,13 @@ log = structlog.get_logger(__name__)
 # key, value, timestamp, headers of the record to write to the dead-letter topic
 DeadLetter = tuple[bytes | None, bytes | None, int, Headers]
 
+# The headers a dead letter gets on top of the original record's (`streamproc dlq replay`
+# removes exactly these, so a replayed record carries its own headers only).
+DEAD_LETTER_HEADERS = frozenset({
+    "streamproc.topic", "streamproc.partition", "streamproc.offset", "streamproc.timestamp",
+    "streamproc.operator", "streamproc.error.type", "streamproc.error.message",
+    "streamproc.codec", "streamproc.schema.id"})
+
 
 def dead_letter(origin: Origin, exc: BaseException, where: str,
                 policies: dict[str, ErrorPolicy], default: ErrorPolicy, metrics: Metrics,
