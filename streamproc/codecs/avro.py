@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import pydantic
 from fastavro import schemaless_reader, schemaless_writer
+from fastavro.validation import validate
 
 from streamproc.codecs.schemas import AvroSchema, check_model, load_schema, model_for
 from streamproc.errors import CodecError
@@ -77,6 +78,9 @@ class AvroRecords:
             if self.model is not None and not isinstance(obj, self.model):
                 raise TypeError(f"expected {self.model.__name__}, got {type(obj).__name__}")
             obj = obj.model_dump()
+        # The writer coerces instead of checking (1.5 -> 1 for an int, "x" -> true for a
+        # boolean, 2**40 into an int): validate first, so a wrong type is an error, not data.
+        validate(obj, self.schema.parsed, raise_errors=True)
         # strict_allow_default: a misspelt or extra field is an error, not silently dropped;
         # a field left out is filled from its schema default.
         schemaless_writer(fo, self.schema.parsed, obj, strict_allow_default=True)
@@ -100,6 +104,11 @@ class AvroCodec:
         self.writers = {p.fingerprint: p for p in map(load_schema, previous)}
         self.writers[s.fingerprint] = s
         self.name = f"avro:{s.name}" if framing == "plain" else f"avro-single:{s.name}"
+
+    @property
+    def model(self) -> type[pydantic.BaseModel] | None:
+        """The pydantic model values decode to (generated with ``model=True``)."""
+        return self.records.model
 
     def decode(self, data: bytes | None) -> Any:
         if data is None:

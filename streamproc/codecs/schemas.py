@@ -143,8 +143,15 @@ def model_for(schema: str | os.PathLike[str] | dict[str, Any] | AvroSchema,
     s = load_schema(schema)
     if not isinstance(s.parsed, dict) or s.parsed.get("type") != "record":
         raise SchemaFileError(s.source, "a model can only be generated from a record schema")
-    models: dict[str, type[pydantic.BaseModel]] = {}
-    return _record_model(s.parsed, models, base)
+    # One class per schema (and base): codecs.avro(f, model=True) and model_for(f) agree, so
+    # instances built by the user encode with the codec.
+    cached = _models.get((s, base))
+    if cached is None:
+        cached = _models[(s, base)] = _record_model(s.parsed, {}, base)
+    return cached
+
+
+_models: dict[tuple[AvroSchema, type[pydantic.BaseModel]], type[pydantic.BaseModel]] = {}
 
 
 def _record_model(rec: dict[str, Any], models: dict[str, type[pydantic.BaseModel]],

@@ -219,6 +219,7 @@ class KeyValueStore:
         for key, raw in self.db.items():
             if n >= limit:
                 break
+            assert isinstance(key, bytes)  # raw mode
             try:
                 self.codec.decode(raw)
             except Exception as exc:
