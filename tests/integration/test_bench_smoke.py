@@ -1,6 +1,7 @@
 """The benchmark harness cannot rot: its smoke mode runs every workload with every contender
 (streamproc, Quix Streams in its own virtualenv, the bare-client ceiling) on a tiny input
-against the real broker, and every run's output must be exactly the expected one."""
+against the real broker, under exactly-once, and every run's output must be exactly the
+expected one."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_contender_produces_the_exact_expected_output(kafka: str, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+        # Exactly-once only: the at-least-once configurations differ from it by client
+        # settings alone, and halving the runs keeps the suite well inside its time budget
+        # (streamproc's at-least-once path is tested end to end in test_wordcount).
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--guarantees", "eos",
+         "--out", str(out)],
         env={**os.environ, "STREAMPROC_BROKERS": kafka}, cwd=ROOT,
         capture_output=True, text=True, timeout=1100)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -31,7 +36,7 @@ def test_every_contender_produces_the_exact_expected_output(kafka: str, tmp_path
     for name in ("W1", "W2", "W3", "W4"):
         assert sorted(w[name]["results"]) == ["ceiling", "quix", "streamproc"]
         for contender, by_g in w[name]["results"].items():
-            assert sorted(by_g) == ["alo", "eos"], (name, contender)
+            assert sorted(by_g) == ["eos"], (name, contender)
             for g, summary in by_g.items():
                 runs = summary["runs"]
                 assert len(runs) == 1 and runs[0]["ok"], (name, contender, g, runs)
