@@ -45,7 +45,8 @@ def resolve_model(model: type[pydantic.BaseModel] | bool | None,
 def describe_error(exc: BaseException) -> str:
     """``Type: message`` without object addresses: dead-letter headers must be the same bytes
     when a record is reprocessed after a crash."""
-    return _ADDRESS.sub("", f"{type(exc).__name__}: {exc}")
+    # One line: fastavro's validation errors are an indented JSON list.
+    return " ".join(_ADDRESS.sub("", f"{type(exc).__name__}: {exc}").split())
 
 
 _ADDRESS = re.compile(r" (?:from|at) <[^>]*>| at 0x[0-9a-fA-F]+")

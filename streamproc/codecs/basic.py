@@ -46,7 +46,10 @@ class StringCodec:
             return None
         if not isinstance(obj, str):
             raise CodecError(self.name, f"expected str, got {type(obj).__name__}")
-        return obj.encode()
+        try:
+            return obj.encode()
+        except UnicodeEncodeError as exc:  # a str holding lone surrogates ("\ud800")
+            raise CodecError(self.name, f"not encodable as UTF-8: {exc}") from exc
 
 
 class IntegerCodec:

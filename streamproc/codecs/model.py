@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 import pydantic
+from pydantic_core import PydanticSerializationError
 
 from streamproc.errors import CodecError
 
@@ -31,16 +32,19 @@ class PydanticCodec(Generic[M]):
     def encode(self, obj: Any) -> bytes | None:
         if obj is None:
             return None
-        if isinstance(obj, self.model):
-            return obj.model_dump_json().encode()
-        if isinstance(obj, pydantic.BaseModel):
+        if isinstance(obj, pydantic.BaseModel) and not isinstance(obj, self.model):
             raise CodecError(self.name, f"expected {self.model.__name__}, got "
                              f"{type(obj).__name__}")
         try:
             # A dict in the model's shape is accepted so that operators need not rebuild models.
-            return self.model.model_validate(obj, strict=self.strict).model_dump_json().encode()
+            model = obj if isinstance(obj, self.model) else self.model.model_validate(
+                obj, strict=self.strict)
+            return model.model_dump_json().encode()
         except pydantic.ValidationError as exc:
             raise CodecError(self.name, _summarize(exc)) from exc
+        except PydanticSerializationError as exc:
+            # Valid in Python, not as JSON: lone surrogates, non-UTF-8 bytes, objects in Any.
+            raise CodecError(self.name, f"not JSON-serializable: {exc}") from exc
 
 
 def _summarize(exc: pydantic.ValidationError) -> str:

@@ -116,9 +116,68 @@ def _parse(source: str, raw: Any) -> AvroSchema:
     except Exception as exc:  # fastavro raises SchemaParseError, KeyError, TypeError, ...
         raise SchemaFileError(source, f"not a valid Avro schema: {type(exc).__name__}: "
                               f"{exc}") from None
+    unsafe = _zero_size_collection(parsed, set())
+    if unsafe is not None:
+        raise SchemaFileError(source, f"{unsafe} holds items that take no bytes: decoding "
+                              "untrusted bytes with it can loop (almost) forever on one "
+                              "record, so it is refused")
     canonical = to_parsing_canonical_form(parsed)
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     return AvroSchema(source, raw, parsed, canonical, fp)
+
+
+def _zero_size(t: Any, named: dict[str, Any], seen: set[str]) -> bool:
+    """True when values of type ``t`` encode to zero bytes (null, a fixed of size 0, a record of
+    such fields)."""
+    if isinstance(t, str):
+        if t == "null":
+            return True
+        if t in named and t not in seen:
+            return _zero_size(named[t], named, seen | {t})
+        return False
+    if isinstance(t, list):
+        return False  # a union writes its branch index
+    kind = t.get("type")
+    if kind == "fixed":
+        return int(t.get("size", 1)) == 0
+    if kind == "record":
+        return all(_zero_size(f["type"], named, seen) for f in t.get("fields", []))
+    if isinstance(kind, str | dict | list) and kind not in ("array", "map", "enum"):
+        return _zero_size(kind, named, seen)
+    return False
+
+
+def _zero_size_collection(parsed: Any, seen: set[int]) -> str | None:
+    """The first array whose items take no bytes: an attacker-sized block count then spins
+    fastavro's reader without consuming input (maps always read a key, so they are safe)."""
+    named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+
+    def walk(t: Any) -> str | None:
+        if isinstance(t, list):
+            for m in t:
+                found = walk(m)
+                if found:
+                    return found
+            return None
+        if not isinstance(t, dict) or id(t) in seen:
+            return None
+        seen.add(id(t))
+        kind = t.get("type")
+        if kind == "array":
+            if _zero_size(t["items"], named, set()):
+                return "an array"
+            return walk(t["items"])
+        if kind == "map":
+            return walk(t["values"])
+        if kind == "record":
+            for f in t.get("fields", []):
+                found = walk(f["type"])
+                if found:
+                    return f"field {f['name']!r}: {found}" if found == "an array" else found
+            return None
+        return walk(kind) if isinstance(kind, dict | list) else None
+
+    return walk(parsed)
 
 
 # -- pydantic models --------------------------------------------------------------------------

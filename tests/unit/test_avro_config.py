@@ -162,3 +162,24 @@ def test_topic_record_strategy_registers_under_its_subject() -> None:
     assert client.get_subjects() == [
         "readings-streamproc.examples.sensor_averages.SensorReading"]
     assert codec.subject == "readings-streamproc.examples.sensor_averages.SensorReading"
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "items": "null"},
+    {"type": "record", "name": "Holder", "fields": [
+        {"name": "xs", "type": {"type": "array", "items": {
+            "type": "record", "name": "Empty", "fields": []}}}]},
+    {"type": "record", "name": "Holder2", "fields": [
+        {"name": "xs", "type": ["null", {"type": "array", "items": {
+            "type": "fixed", "name": "Nothing", "size": 0}}]}]},
+])
+def test_arrays_of_zero_size_items_are_refused(schema: dict[str, object]) -> None:
+    # A garbage block count of 2**62 such items would spin the decoder on a single record.
+    with pytest.raises(SchemaFileError, match="holds items that take no bytes"):
+        codecs.avro(schema)
+
+
+def test_arrays_of_sized_items_are_fine() -> None:
+    codec = codecs.avro({"type": "record", "name": "Ok2", "fields": [
+        {"name": "xs", "type": {"type": "map", "values": {"type": "array", "items": "int"}}}]})
+    assert codec.decode(codec.encode({"xs": {"a": [1, 2]}})) == {"xs": {"a": [1, 2]}}
