@@ -314,7 +314,8 @@ class WindowOperator:
         self.ctx.count("late_records_total", policy="side_output" if side else "drop",
                        operator=self.where)
         if not side:
-            log.debug("record.late_dropped", operator=self.where, timestamp=r.timestamp,
+            log.debug("record.late_dropped", topic=origin.topic(), partition=origin.partition(),
+                      offset=origin.offset(), operator=self.where, timestamp=r.timestamp,
                       window_start=window[0], window_end=window[1], watermark=wm)
             return
         assert node.late_topic is not None
@@ -323,6 +324,9 @@ class WindowOperator:
                    ("streamproc.topic", topic.encode()),
                    ("streamproc.partition", str(origin.partition()).encode()),
                    ("streamproc.offset", str(origin.offset()).encode()),
+                   # The late topic is LogAppendTime (retention from when it was written): the
+                   # record's own timestamp survives here.
+                   ("streamproc.timestamp", str(origin.timestamp()[1]).encode()),
                    ("streamproc.operator", self.where.encode()),
                    ("streamproc.window.start", str(window[0]).encode()),
                    ("streamproc.window.end", str(window[1]).encode()),

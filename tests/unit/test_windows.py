@@ -144,7 +144,8 @@ def test_side_output_sends_the_original_record_with_window_and_watermark_headers
     assert (late.key, late.value, late.timestamp) == (b"a", b'{"raw": true}', 4)
     assert late.headers == {
         "trace": b"t1", "streamproc.topic": b"in", "streamproc.partition": b"0",
-        "streamproc.offset": b"2", "streamproc.operator": b"window_count-2",
+        "streamproc.offset": b"2", "streamproc.timestamp": b"4",
+        "streamproc.operator": b"window_count-2",
         "streamproc.window.start": b"0", "streamproc.window.end": b"10",
         "streamproc.watermark": b"25"}
     assert d.metrics.total("late_records_total", policy="side_output") == 1
