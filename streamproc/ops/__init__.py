@@ -1,0 +1,1 @@
+"""Operating an instance: HTTP endpoint, metrics, status, dashboard (and later more)."""
