@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     assert settings is not None
     if settings.schema_dir is not None:  # topologies find their .avsc files by name there
         os.environ[SCHEMA_DIR_ENV] = str(settings.schema_dir)
-    topology = load_topology(args.topology)
+    topology = load_topology(args.topology, _params(args.param))
     app = Application(topology, settings, bootstrap=resolve_brokers(settings))
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -83,6 +83,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return app.run()
+
+
+def _params(given: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ConfigError("--param", f"expected NAME=VALUE, got {item!r}")
+        params[name] = value
+    return params
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from streamproc.config import parse_instant
+    from streamproc.graph.compile import compile_topology
+    from streamproc.ops.reset import reset
+
+    logs.configure("warning")
+    settings = load_settings(brokers=args.brokers, state_dir=args.state_dir)
+    compiled = compile_topology(load_topology(args.topology, _params(args.param)))
+    if compiled.application_id != args.app:
+        raise ConfigError("--app", f"{args.topology} has application id "
+                          f"{compiled.application_id!r}, not {args.app!r}")
+    try:
+        to_datetime = None if args.to_datetime is None else parse_instant(args.to_datetime)
+    except ValueError as exc:
+        raise ConfigError("--to-datetime", str(exc)) from None
+    sys.stdout.write(reset(resolve_brokers(settings), compiled, settings.state_dir,
+                           dry_run=args.dry_run, to_datetime=to_datetime,
+                           offsets_file=Path(args.to_offsets) if args.to_offsets else None))
+    return 0
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
@@ -136,8 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a topology as a consumer-group application")
     run.add_argument("topology", help="module or module:attr, e.g. topologies.wordcount")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="keyword argument of a topology factory (repeatable), e.g. "
+                     "topologies.wordcount:build --param app_id=wordcount-replay")
     _add_setting_flags(run)
     run.set_defaults(func=cmd_run)
+
+    rst = sub.add_parser("reset", help="reprocess from a chosen point: reset the group's "
+                         "offsets, delete internal topics and local state (stop the app first)")
+    rst.add_argument("--app", required=True, help="application id (must match the topology's)")
+    rst.add_argument("--topology", required=True, help="module or module:attr naming its topics")
+    rst.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="keyword argument of a topology factory (repeatable)")
+    to = rst.add_mutually_exclusive_group()
+    to.add_argument("--to-earliest", action="store_true", help="the default")
+    to.add_argument("--to-datetime", metavar="T",
+                    help="ISO-8601 datetime or epoch ms: each source partition's first record "
+                    "at or after it")
+    to.add_argument("--to-offsets", metavar="FILE",
+                    help='JSON {"topic": {"partition": offset}} for every source partition')
+    rst.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    rst.add_argument("--brokers", default=None, help="(env STREAMPROC_BROKERS)")
+    rst.add_argument("--state-dir", dest="state_dir", default=None,
+                     help="(env STREAMPROC_STATE_DIR) whose {app} directory is deleted")
+    rst.set_defaults(func=cmd_reset)
 
     kafka = sub.add_parser("kafka", help="the local single-node Kafka for development and tests")
     kafka.add_argument("action", choices=["start", "stop", "status"])

@@ -7,6 +7,7 @@ its environment variable and its CLI flag.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ import pydantic
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from streamproc.codecs.registry import RegistrySettings
 from streamproc.errors import ConfigError
 from streamproc.types import ProcessingGuarantee
 
@@ -49,9 +51,42 @@ class Settings(BaseSettings):
     shutdown_timeout_ms: int = Field(30_000, ge=1000)
     state_cache_max_keys: int = Field(200_000, ge=0)
     restore_batch_size: int = Field(10_000, ge=1)
+    until: str | None = Field(
+        None, description="Bounded run: 'end' (every source partition's end offset when the run "
+        "starts) or an ISO-8601 datetime / epoch ms (per partition, stop before the first record "
+        "timestamped at or after it); then every window closes, the run commits and exits 0.")
+    from_datetime: str | None = Field(
+        None, description="Where the group has no committed offset for a source partition, "
+        "start at its first record timestamped at or after this ISO-8601 datetime / epoch ms "
+        "(instead of the earliest): a replay into a new application id from a point in time.")
     repartition_purge_interval_ms: int = Field(
         30_000, ge=100, description="How often records of repartition topics that the group "
         "has committed are deleted (the topics have no time-based retention).")
+    schema_dir: Path | None = Field(
+        None, description="Directory of the .avsc files topologies name (default ./schemas).")
+    schema_registry_url: str | None = Field(
+        None, description="Schema registry for codecs.registry_avro (Confluent wire format): "
+        "http(s)://host:port, or mock://name for confluent-kafka's in-memory registry.")
+    schema_registry_basic_auth: pydantic.SecretStr | None = Field(
+        None, description="user:password for the schema registry (HTTP basic auth).")
+    schema_registry_subject_strategy: Literal["topic", "record", "topic_record"] = Field(
+        "topic", description="Subject naming: topic ({topic}-key/-value), record (the record's "
+        "full name) or topic_record ({topic}-{full name}).")
+    schema_registry_auto_register: bool = Field(
+        True, description="Register output schemas at start; false: they must already be "
+        "registered (the app stops at start naming the subject otherwise).")
+    schema_registry_config: dict[str, str] = Field(
+        default_factory=dict, description="Extra schema registry client settings, e.g. TLS "
+        "(JSON in env).")
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /healthz, /readyz, /metrics, /topology, "
+        "/status and the dashboard on this port; unset: no HTTP server; 0: a free port, "
+        "logged as http.listening.")
+    http_host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server "
+                           "binds (0.0.0.0 in a container, so probes and scrapes reach it).")
+    health_stuck_after_ms: int = Field(
+        60_000, ge=1000, le=3_600_000, description="/healthz answers 503 once the loop has not "
+        "polled Kafka for this long (at least 3 poll timeouts).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     consumer_config: dict[str, str] = Field(
@@ -68,6 +103,51 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://", "mock://")):
+            raise ValueError("must start with http://, https:// or mock://")
+        return v
+
+    @field_validator("schema_registry_basic_auth")
+    @classmethod
+    def _basic_auth(cls, v: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        if v is not None and ":" not in v.get_secret_value():
+            raise ValueError("must be user:password")
+        return v
+
+    def registry(self) -> RegistrySettings | None:
+        """The schema registry codecs bind to, when one is configured."""
+        if self.schema_registry_url is None:
+            return None
+        auth = self.schema_registry_basic_auth
+        return RegistrySettings(
+            self.schema_registry_url, auth.get_secret_value() if auth else None,
+            self.schema_registry_subject_strategy, self.schema_registry_auto_register,
+            dict(self.schema_registry_config))
+
+    @field_validator("until")
+    @classmethod
+    def _until(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if v.strip().lower() == "end":
+            return "end"
+        try:
+            parse_instant(v)
+        except ValueError as exc:
+            raise ValueError(f"must be 'end', epoch milliseconds or an ISO-8601 datetime: {exc}"
+                             ) from None
+        return v.strip()
+
+    @field_validator("from_datetime")
+    @classmethod
+    def _from_datetime(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_instant(v)
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.transaction_timeout_ms <= self.commit_interval_ms:
@@ -76,6 +156,22 @@ class Settings(BaseSettings):
                 "transaction would time out before its checkpoint"
             )
         return self
+
+
+def parse_instant(text: str) -> int:
+    """Epoch milliseconds from ``text``: an integer (epoch ms) or an ISO-8601 date or datetime;
+    without a UTC offset it is taken as UTC (the same instant on every machine)."""
+    text = text.strip()
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither epoch milliseconds nor an ISO-8601 datetime "
+                         "(e.g. 2024-03-01T12:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 def flag_for(setting: str) -> str:

@@ -26,11 +26,14 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from streamproc.api.topology import Topology
 from streamproc.config import Settings
 from streamproc.errors import ProcessingFailed, TransactionAborted
+from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import CompiledTopology, compile_topology
 from streamproc.kafka.admin import TopicAdmin
 from streamproc.kafka.clients import consumer_config, producer_config, restore_consumer_config
 from streamproc.metrics import Metrics
+from streamproc.ops.monitor import InstanceMonitor
 from streamproc.runtime import faults
+from streamproc.runtime.bounded import Bounded
 from streamproc.runtime.collector import Collector
 from streamproc.runtime.deadletter import dead_letter
 from streamproc.runtime.operators import MAX_RECORD_BYTES
@@ -61,6 +64,7 @@ class Application:
         self.settings = settings
         self.bootstrap = bootstrap
         self.compiled: CompiledTopology = compile_topology(topology)
+        bind_codecs(self.compiled, settings.registry())
         self.app_id = topology.application_id
         self.metrics = Metrics()
         self.guarantee = settings.processing_guarantee
@@ -81,8 +85,10 @@ class Application:
         self._plan: Plan | None = None
         self._admin: TopicAdmin | None = None
         self._purgeable: dict[tuple[str, int], int] = {}  # committed repartition offsets
+        self._bounded: Bounded | None = None  # until / from_datetime (runtime/bounded.py)
         self.processed = 0
         self.checkpoints = 0
+        self.ops = InstanceMonitor(self)  # status, /metrics, the HTTP server (streamproc/ops)
 
     # -- public -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -96,7 +102,8 @@ class Application:
             self._loop()
         except ProcessingFailed as exc:
             self._failed = exc
-            log.error("instance.failed", error=str(exc), policy="fail")
+            log.error("instance.failed", error=str(exc), policy="fail", topic=exc.topic,
+                      partition=exc.partition, offset=exc.offset)
         except Exception as exc:
             self._failed = exc
             log.exception("instance.crashed", error=str(exc))
@@ -113,7 +120,8 @@ class Application:
         instance = self._statedir.instance_id(s.instance_id)
         txid = f"{self.app_id}-{instance}" if self._eos else None
         self._collector = Collector(
-            lambda: producer_config(s, self.bootstrap, txid, f"{self.app_id}-{instance}"),
+            lambda: self.ops.producer_config(
+                producer_config(s, self.bootstrap, txid, f"{self.app_id}-{instance}")),
             transactional=self._eos, op_timeout_s=self._op_timeout_s)
         self._collector.init()
         self._collector.begin()
@@ -123,11 +131,14 @@ class Application:
         if str(cconf.get("auto.offset.reset")) in ("latest", "largest", "end"):
             self._reset_to = OFFSET_END
         self._consumer = Consumer(cconf)
+        if s.until is not None or s.from_datetime is not None:
+            self._bounded = Bounded(self, self._consumer)
         self._restorer = Restorer(restore_consumer_config(s, self.bootstrap, self.app_id),
                                   s.restore_batch_size)
         topics = list(self.compiled.topic_subtopology)
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
+        self.ops.start(instance)
         log.info("instance.started", app=self.app_id, instance=instance,
                  guarantee=self.guarantee, commit_interval_ms=s.commit_interval_ms,
                  assignor="cooperative-sticky" if self._cooperative else "range",
@@ -135,6 +146,7 @@ class Application:
                  state_dir=str(self._statedir.path), brokers=self.bootstrap)
 
     def _shutdown(self) -> None:
+        self.ops.shutting_down(self._failed)
         consumer, collector = self._consumer, self._collector
         if self._failed is None and collector is not None and consumer is not None:
             self._checkpoint("shutdown")
@@ -152,9 +164,11 @@ class Application:
         # Drop the clients now, not when the Application object is collected: their threads
         # would otherwise keep reconnecting to the cluster.
         self._collector = self._consumer = self._restorer = self._admin = None
+        self._bounded = None
         self._statedir.unlock()
         log.info("instance.stopped", app=self.app_id, processed=self.processed,
                  checkpoints=self.checkpoints, failed=self._failed is not None)
+        self.ops.stop()
 
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -174,14 +188,19 @@ class Application:
             # visible only when it commits, so a late barrier is added latency.
             wait = 0.0 if restorer.active else min(poll_s, next_checkpoint - time.monotonic())
             msgs = self._consume(s.consume_batch_size, max(wait, 0.0))
+            if msgs and self._bounded is not None:
+                msgs = self._bounded.admit(msgs)  # nothing at or past a bound
             if msgs:
                 self._route(msgs)
                 faults.hit("after_process")
+            if self._bounded is not None and self._bounded.step():
+                break  # a bounded run: every task's input ended, the shutdown commits
             if restorer.active:
                 for task in restorer.step(poll_s if not msgs else 0.0):
                     self._start_task(task)
             collector.poll()
             now = time.monotonic()
+            self.ops.tick(now)
             if timed and now >= next_tick:
                 # Idleness, processing-time timers and early firings need the clock to move
                 # the task even when no input arrives.
@@ -252,7 +271,7 @@ class Application:
                 continue  # revoked, or restoring: it will seek to the committed offset
             n = task.process(tp, batch)
             self.processed += n
-            self.metrics.inc("records_consumed_total", n, topic=tp.topic)
+            self.metrics.inc("records_consumed_total", n, topic=tp.topic, partition=tp.partition)
 
     def _consume_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -311,13 +330,19 @@ class Application:
             if c.offset >= 0:
                 positions[tp] = c.offset
             consumer.seek(KafkaTopicPartition(c.topic, c.partition,
-                                              c.offset if c.offset >= 0 else self._reset_to))
+                                              c.offset if c.offset >= 0 else self._start_at(tp)))
         task.next_offsets.update(positions)
         task.mark_committed(positions)
         task.start()
         consumer.resume([KafkaTopicPartition(tp.topic, tp.partition) for tp in tps])
         log.info("task.running", task=str(task.id), partitions=[f"{t}[{p}]" for t, p in tps],
                  committed=[positions.get(tp) for tp in tps])
+
+    def _start_at(self, tp: TopicPartition) -> int:
+        """Where a partition without a committed offset starts: ``from_datetime``'s offset for a
+        user source partition, else ``auto.offset.reset``."""
+        start = self._bounded.start.get(tp) if self._bounded is not None else None
+        return self._reset_to if start is None else start
 
     def _close_task(self, task: Task) -> None:
         assert self._restorer is not None
@@ -431,6 +456,7 @@ class Application:
         self.checkpoints += 1
         self.metrics.inc("checkpoints_total")
         self.metrics.inc("checkpoint_duration_seconds_total", secs)
+        self.ops.checkpointed(secs, changes)
         log.debug("checkpoint.committed", reason=reason, partitions=len(offsets),
                   changelog_records=sum(len(r) for _, _, r in changes), seconds=round(secs, 4))
         return True
