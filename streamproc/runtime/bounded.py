@@ -23,7 +23,11 @@ A bounded run is a streaming run with an end: batch as a special case of streami
   alone cannot tell whether an upstream task that had nothing left to read has already flushed
   its windows: (1) says it has, because a task's watermark control records are committed in
   the same transaction as its output. The group's committed offsets and the last stable
-  offsets are asked for only once (1) holds, at most every ``poll_timeout_ms``.
+  offsets are asked for only once (1) holds, at most every ``poll_timeout_ms``. (1) is only
+  required where the upstream sub-topology acts on event time: otherwise finishing it writes
+  nothing, (2) suffices, and a downstream task that keeps no watermark state (no time store)
+  and was taken over after the markers were sent does not wait for them forever. Left open:
+  an event-time upstream feeding a downstream without a time store, taken over that way.
 - **Finishing** a task moves its watermark to the end of time (every window closes, every
   event-time timer fires), sets its offsets to the bounds, and takes a checkpoint at once, so
   the results, the state and the offsets commit in one transaction and downstream tasks (on
@@ -235,7 +239,8 @@ class Bounded:
                 continue
             if not internal:
                 done.append(task)
-            elif all(self._heard_end(task, tp.topic) for tp in internal):
+            elif all(self._heard_end(task, tp.topic) or not self._upstream_flushes(tp.topic)
+                     for tp in internal):
                 behind.append((task, internal))
         now = time.monotonic()
         if behind and now >= self._next_upstream_check:
@@ -267,6 +272,15 @@ class Bounded:
         bound = self.bounds[tp]
         reached = max(task.next_offsets.get(tp, -1), positions.get(tp, -1))
         return reached >= bound or bound <= self.earliest[tp]
+
+    def _upstream_flushes(self, topic: str) -> bool:
+        """Whether finishing the sub-topology writing ``topic`` can still produce output (it
+        acts on event time: windows, timers). If not, its committed offsets alone say that all
+        of its output is in: the end-of-time watermarks are not needed, which matters because
+        a task that is not time-aware keeps no record of them, so one taken over from another
+        instance after they were sent would wait for them forever."""
+        upstream = self.app.compiled.repartition_topics[topic][0]
+        return self.app.compiled.subtopologies[upstream].time_aware
 
     @staticmethod
     def _heard_end(task: Task, topic: str) -> bool:
