@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
@@ -66,37 +67,46 @@ def committed_offsets(bootstrap: str, group: str, topic: str,
         c.close()
 
 
+def drain(consumer: Consumer, partitions: Iterable[int], topic: str, *,
+          timeout_s: float, batch: int = 10_000) -> Iterator[Any]:
+    """The records of the assigned ``partitions`` of ``topic`` up to each one's current end
+    (the consumer needs ``enable.partition.eof``); TimeoutError if an end is not reached in
+    ``timeout_s`` (an open transaction keeps read_committed readers from it)."""
+    pending = set(partitions)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic}: partitions {sorted(pending)} did not reach their end "
+                               f"within {timeout_s:.0f} s (an open transaction?)")
+        for m in consumer.consume(batch, 0.5):
+            err = m.error()
+            if err is None:
+                yield m
+            elif err.code() == KafkaError._PARTITION_EOF:
+                pending.discard(m.partition())
+
+
+def header_list(m: Any) -> list[tuple[str, bytes | None]]:
+    """A message's headers in order, values as bytes (the client may give str or a dict)."""
+    got = m.headers() or []
+    raw = list(got.items()) if isinstance(got, dict) else got
+    return [(k, v if isinstance(v, bytes | None) else str(v).encode()) for k, v in raw]
+
+
 def read_all(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
              isolation: str = "read_committed") -> list[ReadRecord]:
     """Every record of ``topic`` from the beginning to its current end (per partition)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
                   "isolation.level": isolation, "enable.auto.commit": False,
                   "enable.partition.eof": True, "auto.offset.reset": "earliest"})
-    out: list[ReadRecord] = []
     try:
         parts = c.list_topics(topic, timeout=timeout_s).topics[topic].partitions
         c.assign([KafkaTopicPartition(topic, p, 0) for p in parts])
-        pending = set(parts)
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for m in c.consume(10_000, 0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-                    continue
-                got = m.headers() or []
-                raw_headers = list(got.items()) if isinstance(got, dict) else got
-                headers = {k: v if isinstance(v, bytes) else (v or "").encode()
-                           for k, v in raw_headers}
-                out.append(ReadRecord(topic, m.partition() or 0, m.offset() or 0, m.key(),
-                                      m.value(), m.timestamp()[1], headers))
-        if pending:
-            raise TimeoutError(f"{topic}: partitions {sorted(pending)} did not reach their end "
-                               f"within {timeout_s}s (an open transaction?)")
+        return [ReadRecord(topic, m.partition() or 0, m.offset() or 0, m.key(), m.value(),
+                           m.timestamp()[1], {k: v or b"" for k, v in header_list(m)})
+                for m in drain(c, parts, topic, timeout_s=timeout_s)]
     finally:
         c.close()
-    return out
 
 
 def pending_records(bootstrap: str, group: str, topic: str, timeout_s: float = 30.0) -> int:
@@ -114,18 +124,7 @@ def pending_records(bootstrap: str, group: str, topic: str, timeout_s: float = 3
         c.assign([KafkaTopicPartition(topic, tp.partition,
                                       tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
                   for tp in committed])
-        pending, count = set(parts), 0
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for m in c.consume(10_000, 0.5):
-                err = m.error()
-                if err is None:
-                    count += 1
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
-        if pending:
-            raise TimeoutError(f"{topic}: no end reached for partitions {sorted(pending)}")
-        return count
+        return sum(1 for _ in drain(c, parts, topic, timeout_s=timeout_s))
     finally:
         c.close()
 

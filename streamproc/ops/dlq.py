@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import base64
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import orjson
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.errors import ConfigError
+from streamproc.kafka import io
 from streamproc.runtime.deadletter import DEAD_LETTER_HEADERS
 
 log = structlog.get_logger(__name__)
@@ -85,24 +85,9 @@ def read(consumer: Consumer, topic: str, starts: dict[int, int],
          timeout_s: float = 60.0) -> Iterator[DeadLetterRecord]:
     """The records from ``starts`` (partition -> offset) to each partition's end, as of now."""
     consumer.assign([KafkaTopicPartition(topic, p, o) for p, o in starts.items()])
-    pending = set(starts)
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{topic}: partitions {sorted(pending)} did not reach their end "
-                               f"within {timeout_s:.0f} s")
-        for m in consumer.consume(1000, 0.5):
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
-                continue
-            got = m.headers() or []
-            raw = list(got.items()) if isinstance(got, dict) else got
-            headers = [(k, v if isinstance(v, bytes | None) else str(v).encode())
-                       for k, v in raw]
-            yield DeadLetterRecord(m.partition() or 0, m.offset() or 0, m.timestamp()[1],
-                                   m.key(), m.value(), headers)
+    for m in io.drain(consumer, starts, topic, timeout_s=timeout_s, batch=1000):
+        yield DeadLetterRecord(m.partition() or 0, m.offset() or 0, m.timestamp()[1],
+                               m.key(), m.value(), io.header_list(m))
 
 
 def _matches(r: DeadLetterRecord, error_types: list[str] | None, topic: str | None) -> bool:
@@ -182,7 +167,7 @@ def _text(r: DeadLetterRecord) -> str:
 class ReplaySummary:
     replayed: int = 0
     skipped: int = 0  # dead letters passed over by the filters
-    by_topic: dict[str, int] | None = None
+    by_topic: dict[str, int] = field(default_factory=dict)
 
 
 def replay(bootstrap: str, app_id: str, *, error_types: list[str] | None = None,
@@ -194,8 +179,7 @@ def replay(bootstrap: str, app_id: str, *, error_types: list[str] | None = None,
     dlq = dead_letter_topic(app_id)
     group = f"{app_id}-dlq-replay"
     c = _consumer(bootstrap, group)
-    summary = ReplaySummary(by_topic={})
-    assert summary.by_topic is not None
+    summary = ReplaySummary()
     try:
         parts = _partitions(c, dlq)
         if from_beginning:
@@ -209,10 +193,9 @@ def replay(bootstrap: str, app_id: str, *, error_types: list[str] | None = None,
         ends = {p: c.position([KafkaTopicPartition(dlq, p)])[0].offset for p in parts}
         chosen = [r for r in records if _matches(r, error_types, topic)]
         summary.skipped = len(records) - len(chosen)
-        counts: dict[str, int] = {}
+        counts = summary.by_topic
         for r in chosen:
             counts[r.source[0]] = counts.get(r.source[0], 0) + 1
-        summary.by_topic = counts
         if dry_run:
             for r in chosen:
                 t, p, o = r.source
