@@ -116,6 +116,32 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_savepoint(args: argparse.Namespace) -> int:
+    from streamproc.savepoints.format import Savepoint
+    from streamproc.savepoints.inspect import describe, summary
+
+    if args.action == "inspect":
+        logs.configure("warning")
+        sp = Savepoint.open(args.path)
+        sp.verify()
+        sys.stdout.write(json.dumps(summary(sp), indent=2) + "\n" if args.json
+                         else describe(sp))
+        return 0
+    from streamproc.graph.compile import compile_topology
+    from streamproc.savepoints.create import create
+
+    logs.configure("info")
+    settings = load_settings(brokers=args.brokers)
+    compiled = compile_topology(load_topology(args.topology, _params(args.param)))
+    if compiled.application_id != args.app:
+        raise ConfigError("--app", f"{args.topology} has application id "
+                          f"{compiled.application_id!r}, not {args.app!r}")
+    sp = create(resolve_brokers(settings), compiled, Path(args.to),
+                topology_name=args.topology, wait_stopped_s=args.wait_stopped)
+    sys.stdout.write(describe(sp))
+    return 0
+
+
 def cmd_kafka(args: argparse.Namespace) -> int:
     from streamproc.kafka import broker
 
@@ -191,6 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     rst.add_argument("--state-dir", dest="state_dir", default=None,
                      help="(env STREAMPROC_STATE_DIR) whose {app} directory is deleted")
     rst.set_defaults(func=cmd_reset)
+
+    sp = sub.add_parser("savepoint", help="snapshot a stopped application's state and offsets "
+                        "(create), or summarise a savepoint (inspect)")
+    sp_sub = sp.add_subparsers(dest="action", required=True)
+    spc = sp_sub.add_parser("create", help="take a savepoint of a stopped application")
+    spc.add_argument("--app", required=True, help="application id (must match the topology's)")
+    spc.add_argument("--topology", required=True, help="module or module:attr of the app")
+    spc.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="keyword argument of a topology factory (repeatable)")
+    spc.add_argument("--to", required=True, metavar="DIR",
+                     help="directory to create (must not exist or be empty)")
+    spc.add_argument("--wait-stopped", type=float, default=30.0, metavar="SECONDS",
+                     help="how long to wait for the group to become empty (default 30)")
+    spc.add_argument("--brokers", default=None, help="(env STREAMPROC_BROKERS)")
+    spc.set_defaults(func=cmd_savepoint)
+    spi = sp_sub.add_parser("inspect", help="summarise a savepoint (and verify its checksums)")
+    spi.add_argument("path", metavar="DIR")
+    spi.add_argument("--json", action="store_true", help="the summary as JSON")
+    spi.set_defaults(func=cmd_savepoint)
 
     kafka = sub.add_parser("kafka", help="the local single-node Kafka for development and tests")
     kafka.add_argument("action", choices=["start", "stop", "status"])

@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         None, description="Where the group has no committed offset for a source partition, "
         "start at its first record timestamped at or after this ISO-8601 datetime / epoch ms "
         "(instead of the earliest): a replay into a new application id from a point in time.")
+    from_savepoint: Path | None = Field(
+        None, description="Start from this savepoint directory (streamproc savepoint create): "
+        "its state, offsets and in-flight records are written into this application's topics "
+        "once, when it has no state yet; restarts with the same flag just run.")
+    savepoint_drop: str | None = Field(
+        None, description="Comma-separated stores (or repartition topics) of the savepoint to "
+        "leave out on purpose: without it, savepoint state the topology has no place for "
+        "stops the start.")
     repartition_purge_interval_ms: int = Field(
         30_000, ge=100, description="How often records of repartition topics that the group "
         "has committed are deleted (the topics have no time-based retention).")
@@ -117,6 +125,10 @@ class Settings(BaseSettings):
             raise ValueError("must be user:password")
         return v
 
+    @property
+    def savepoint_drops(self) -> list[str]:
+        return [n.strip() for n in (self.savepoint_drop or "").split(",") if n.strip()]
+
     def registry(self) -> RegistrySettings | None:
         """The schema registry codecs bind to, when one is configured."""
         if self.schema_registry_url is None:
@@ -150,6 +162,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.savepoint_drop and self.from_savepoint is None:
+            raise ValueError("savepoint_drop is set without from_savepoint")
         if self.transaction_timeout_ms <= self.commit_interval_ms:
             raise ValueError(
                 "transaction_timeout_ms must be larger than commit_interval_ms, or every "

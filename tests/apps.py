@@ -68,3 +68,14 @@ def event_time(v: dict[str, int]) -> int:
 
 def group_of(v: dict[str, str]) -> str:
     return v["g"]
+
+
+def renamed_wordcount(app_id: str, source: str, sink: str) -> Topology:
+    """Word count whose store is called ``word_counts`` (a new version renaming ``counts``)."""
+    t = Topology(app_id)
+    (t.source(source, value=codecs.string())
+     .flat_map(lambda line: line.lower().split(), name="split")
+     .group_by(lambda word: word, key=codecs.string(), value=codecs.string(), name="words")
+     .count(store="word_counts")
+     .to(sink, key=codecs.string(), value=codecs.json()))
+    return t

@@ -113,6 +113,25 @@ def _list_offsets(admin: AdminClient, tps: list[TopicPartition], spec: Any,
             for k, f in futures.items()}
 
 
+def _group(admin: AdminClient, app: str, timeout_s: float) -> Any:
+    return _result(admin.describe_consumer_groups([app], request_timeout=timeout_s)[app],
+                   timeout_s)
+
+
+def _member_names(desc: Any) -> list[str]:
+    return sorted(f"{m.client_id}@{m.host}" for m in desc.members)
+
+
+def active_members(admin: AdminClient, app: str, timeout_s: float = 30.0) -> list[str]:
+    """The members of the application's consumer group (client.id@host), empty when no
+    instance is in it (also while it rebalances towards empty)."""
+    desc = _group(admin, app, timeout_s)
+    if not desc.members and desc.state not in (ConsumerGroupState.EMPTY,
+                                               ConsumerGroupState.DEAD):
+        return [f"(group {desc.state.name.lower()})"]
+    return _member_names(desc)
+
+
 def _state_locked(path: Path) -> bool:
     """True when a local instance holds the state dir's lock (runtime/statedir.py)."""
     lock = path / ".lock"
@@ -132,10 +151,9 @@ def plan_reset(admin: AdminClient, compiled: CompiledTopology, state_root: Path,
                offsets_file: Path | None = None, timeout_s: float = 30.0) -> ResetPlan:
     """What a reset would do; raises :class:`ResetRefused` when it must not run now."""
     app = compiled.application_id
-    desc = _result(admin.describe_consumer_groups([app], request_timeout=timeout_s)[app],
-                   timeout_s)
+    desc = _group(admin, app, timeout_s)
     if desc.members or desc.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
-        members = ", ".join(sorted(f"{m.client_id}@{m.host}" for m in desc.members)) or "none"
+        members = ", ".join(_member_names(desc)) or "none"
         raise ResetRefused(
             f"cannot reset {app!r}: its consumer group is {desc.state.name.lower()} with "
             f"{len(desc.members)} active member(s) ({members}). Stop every instance first; "

@@ -34,7 +34,7 @@ from streamproc.metrics import Metrics
 from streamproc.ops.monitor import InstanceMonitor
 from streamproc.runtime import faults
 from streamproc.runtime.bounded import Bounded
-from streamproc.runtime.collector import Collector
+from streamproc.runtime.collector import Collector, offset_list
 from streamproc.runtime.deadletter import dead_letter
 from streamproc.runtime.operators import MAX_RECORD_BYTES
 from streamproc.runtime.plan import (
@@ -117,12 +117,14 @@ class Application:
         self._admin = TopicAdmin(self.bootstrap)
         plan = self._plan = resolve(self.compiled, self._admin)
         self._statedir.lock()
+        marker = self._from_savepoint(plan) if s.from_savepoint is not None else None
         instance = self._statedir.instance_id(s.instance_id)
         txid = f"{self.app_id}-{instance}" if self._eos else None
         self._collector = Collector(
             lambda: self.ops.producer_config(
                 producer_config(s, self.bootstrap, txid, f"{self.app_id}-{instance}")),
             transactional=self._eos, op_timeout_s=self._op_timeout_s)
+        self._collector.offset_metadata = marker
         self._collector.init()
         self._collector.begin()
         cconf = consumer_config(s, self.bootstrap, self.app_id, instance)
@@ -144,6 +146,22 @@ class Application:
                  assignor="cooperative-sticky" if self._cooperative else "range",
                  topics=topics, tasks_per_subtopology=plan.partitions,
                  state_dir=str(self._statedir.path), brokers=self.bootstrap)
+
+    def _from_savepoint(self, plan: Plan) -> str:
+        """Seed this application from ``from_savepoint`` (once: savepoints/apply.py); returns
+        the offset metadata every commit carries from now on."""
+        from streamproc.savepoints import apply
+
+        s = self.settings
+        assert s.from_savepoint is not None
+        sp, mapping = apply.load(s.from_savepoint, self.compiled, plan.partitions,
+                                 s.savepoint_drops)
+        apply.apply(sp, mapping, self.compiled,
+                    producer_conf=producer_config(s, self.bootstrap, None,
+                                                  f"{self.app_id}-savepoint"),
+                    consumer_conf={"bootstrap.servers": self.bootstrap, **s.consumer_config},
+                    app_dir=self._statedir.path)
+        return apply.offset_metadata(sp.manifest)
 
     def _shutdown(self) -> None:
         self.ops.shutting_down(self._failed)
@@ -437,8 +455,8 @@ class Application:
                 t.stores[name].commit(recs, collector.changelog_next(t.changelog_topics[name],
                                                                      t.partition))
             if self.guarantee == "at_least_once" and offsets:
-                consumer.commit(offsets=[KafkaTopicPartition(tp.topic, tp.partition, o)
-                                         for tp, o in offsets.items()], asynchronous=False)
+                consumer.commit(offsets=offset_list(offsets, collector.offset_metadata),
+                                asynchronous=False)
         except (TransactionAborted, KafkaException) as exc:
             self.metrics.inc("checkpoint_failures_total")
             log.warning("checkpoint.failed", reason=reason, error=str(exc))

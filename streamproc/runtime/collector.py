@@ -34,6 +34,9 @@ class Collector:
         self._errors: list[KafkaError] = []
         self._in_txn = False
         self.produced = 0
+        # Written with every committed offset (savepoints/apply.py: marks the group as started
+        # from a savepoint, so restarts with the same --from-savepoint do not apply it again).
+        self.offset_metadata: str | None = None
 
     def _new_producer(self) -> Producer:
         # The default delivery callback only records failures; changelog records carry their
@@ -146,7 +149,7 @@ class Collector:
             self.flush()
             if offsets:
                 self._producer.send_offsets_to_transaction(
-                    [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()],
+                    offset_list(offsets, self.offset_metadata),
                     group_metadata, self._op_timeout_s)
             faults.hit("before_commit")
             self._producer.commit_transaction(self._op_timeout_s)
@@ -157,3 +160,12 @@ class Collector:
             raise TransactionAborted(
                 f"transaction commit failed ({'fatal' if err.fatal() else 'non-fatal'}): "
                 f"{err.str()}") from exc
+
+
+def offset_list(offsets: dict[TopicPartition, int],
+                metadata: str | None) -> list[KafkaTopicPartition]:
+    """Offsets to commit, with ``metadata`` on each when there is one."""
+    if metadata is None:
+        return [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+    return [KafkaTopicPartition(tp.topic, tp.partition, o, metadata=metadata)
+            for tp, o in offsets.items()]

@@ -1,0 +1,233 @@
+"""``streamproc run ... --from-savepoint DIR``: start an application from a savepoint.
+
+The savepoint is not loaded into local RocksDB directly. It is written into Kafka, where the
+application's own recovery already knows how to find it, in ONE transaction:
+
+- every store's content into the new application's changelog topics,
+- the in-flight repartition records into its repartition topics,
+- the group's offsets: the savepoint's source offsets, and for each repartition partition the
+  offset where the copied records start.
+
+Then the instances start as after any restart: they restore their stores from the changelogs
+and consume from the committed offsets. One code path for recovery, and a seed that either
+happened completely or not at all.
+
+Applying is idempotent, so every instance of a deployment can be started with the same flag
+and restarted with it any number of times. The seed's offsets carry the savepoint id as offset
+metadata, and the application keeps writing it on every commit while it runs with the flag. A
+start that finds it in the group's committed offsets knows the savepoint was applied and just
+runs. The seed runs under one transactional.id per application, taken with init_transactions
+before looking at the group: of two instances starting at once, the later one fences the
+earlier, then sees its committed seed (or seeds itself if the earlier one never committed).
+
+A savepoint is only applied to an application without state: its changelog and repartition
+topics must be empty (a new application id, or one cleared by ``streamproc reset``).
+Overwriting the state of a running application is never done silently.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from streamproc.codecs.base import Codec
+from streamproc.errors import InfrastructureError
+from streamproc.graph.compile import CompiledTopology
+from streamproc.savepoints.format import (
+    Manifest,
+    Savepoint,
+    SavepointError,
+    read_records,
+    store_file,
+)
+from streamproc.savepoints.topology import Mapping, map_savepoint
+
+log = structlog.get_logger(__name__)
+
+METADATA_PREFIX = "streamproc-savepoint="
+_TIME_KEY = b"watermark"
+_CHECK_SAMPLE = 256
+_SEED_TIMEOUT_S = 600.0
+
+
+def offset_metadata(manifest: Manifest) -> str:
+    """The offset-commit metadata that marks a group as started from ``manifest``."""
+    return METADATA_PREFIX + manifest.id
+
+
+def load(path: Path, compiled: CompiledTopology, tasks: dict[int, int],
+         drop: list[str]) -> tuple[Savepoint, Mapping]:
+    """Open and verify the savepoint and check that it fits the topology (before any I/O on
+    the cluster, so a misfit fails fast)."""
+    sp = Savepoint.open(path)
+    sp.verify()
+    mapping = map_savepoint(sp.manifest, compiled, tasks, drop)
+    codecs = {spec.name: spec.value_codec for st in compiled.subtopologies for spec in st.stores}
+    for name, (new, _) in mapping.stores.items():
+        _check_values(sp, name, codecs[new])
+    return sp, mapping
+
+
+def _check_values(sp: Savepoint, store: str, codec: Codec) -> None:
+    """Decode the first values of every partition with the new topology's codec: a schema
+    change the stored values cannot follow stops here, before anything is written."""
+    reader = sp.store(store)
+    for p in reader.partitions:
+        for i, (key, raw) in enumerate(reader.items(p)):
+            if i >= _CHECK_SAMPLE:
+                break
+            try:
+                codec.decode(raw)
+            except Exception as exc:
+                raise SavepointError(
+                    f"store {store!r} (partition {p}) of the savepoint: the value for key "
+                    f"{key[:60]!r} does not decode with {codec.name}: {exc}. Migrate the "
+                    "values (Savepoint.rewrite(transform=...)) or keep the schema compatible "
+                    "(docs/schemas.md, State)") from None
+
+
+def apply(sp: Savepoint, mapping: Mapping, compiled: CompiledTopology, *,
+          producer_conf: dict[str, Any], consumer_conf: dict[str, Any],
+          app_dir: Path, timeout_s: float = 30.0) -> bool:
+    """Seed the application from the savepoint unless that already happened; returns True
+    when this call seeded it."""
+    app = compiled.application_id
+    marker = offset_metadata(sp.manifest)
+    producer = Producer({**producer_conf, "transactional.id": f"{app}-savepoint",
+                         "transaction.timeout.ms": int(_SEED_TIMEOUT_S * 1000)})
+    group = Consumer({**consumer_conf, "group.id": app, "enable.auto.commit": False,
+                      "isolation.level": "read_committed"})
+    try:
+        try:
+            producer.init_transactions(timeout_s)  # fences a concurrent seeder (see above)
+        except KafkaException as exc:
+            raise InfrastructureError(f"savepoint: cannot initialise the seed transaction: "
+                                      f"{exc.args[0]}") from exc
+        committed = _committed(group, compiled, timeout_s)
+        if any(meta == marker for _, meta in committed.values()):
+            log.info("savepoint.already_applied", app=app, savepoint=sp.manifest.id)
+            return False
+        _require_empty(group, compiled, timeout_s)
+        # Local state of an earlier incarnation of this id would restore on top of the seed.
+        for name in compiled.changelog_topics:
+            shutil.rmtree(app_dir / name, ignore_errors=True)
+        repartition_start = _ends(group, [(topic, p) for name, topic in mapping.inflight.items()
+                                          for p in sp.manifest.inflight[name].files], timeout_s)
+        records = _seed(producer, sp, mapping, group, repartition_start, committed, marker,
+                        timeout_s)
+    finally:
+        group.close()
+        producer.flush(timeout_s)
+    m = sp.manifest
+    log.info("savepoint.applied", app=app, savepoint=m.id, from_app=m.application_id,
+             records=records, stores=sorted(mapping.stores), dropped=mapping.dropped,
+             new_stores=mapping.new_stores, same_topology=mapping.same_topology,
+             ignored_sources=mapping.ignored_sources)
+    return True
+
+
+def _committed(group: Consumer, compiled: CompiledTopology,
+               timeout_s: float) -> dict[tuple[str, int], tuple[int, str | None]]:
+    md = group.list_topics(timeout=timeout_s).topics
+    tps = [KafkaTopicPartition(t, p) for t in compiled.topic_subtopology if t in md
+           for p in md[t].partitions]
+    got = group.committed(tps, timeout_s) if tps else []
+    return {(tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in got if tp.offset >= 0}
+
+
+def _require_empty(group: Consumer, compiled: CompiledTopology, timeout_s: float) -> None:
+    md = group.list_topics(timeout=timeout_s).topics
+    topics = [*compiled.repartition_topics, *(t for _, t in compiled.changelog_topics.values())]
+    busy = []
+    for t in topics:
+        for p in sorted(md[t].partitions) if t in md else []:
+            low, high = group.get_watermark_offsets(KafkaTopicPartition(t, p), timeout_s)
+            if high > low:
+                busy.append(f"{t}[{p}] ({high - low} records)")
+    if busy:
+        raise SavepointError(
+            f"cannot start {compiled.application_id!r} from a savepoint: it already has state "
+            f"({', '.join(busy[:5])}{' ...' if len(busy) > 5 else ''}). A savepoint starts an "
+            "application afresh: use a new application id, or clear this one first with "
+            f"`streamproc reset --app {compiled.application_id}` (with every instance stopped)")
+
+
+def _ends(group: Consumer, tps: list[tuple[str, int]], timeout_s: float) -> dict[
+        tuple[str, int], int]:
+    return {(t, p): group.get_watermark_offsets(KafkaTopicPartition(t, p), timeout_s)[1]
+            for t, p in tps}
+
+
+def _seed(producer: Producer, sp: Savepoint, mapping: Mapping, group: Consumer,
+          repartition_start: dict[tuple[str, int], int],
+          committed: dict[tuple[str, int], tuple[int, str | None]], marker: str,
+          timeout_s: float) -> int:
+    errors: list[Any] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    def send(topic: str, partition: int, key: bytes | None, value: bytes | None,
+             timestamp: int = 0, headers: Any = None) -> None:
+        while True:
+            try:
+                producer.produce(topic, value, key, partition, on_delivery=delivered,
+                                 timestamp=timestamp, headers=headers)
+                return
+            except BufferError:
+                producer.poll(0.1)
+
+    n = 0
+    m = sp.manifest
+    try:
+        producer.begin_transaction()
+        for name, (_new, changelog) in mapping.stores.items():
+            time_store = m.stores[name].time_store
+            for p in sorted(m.stores[name].files):
+                for r in read_records(store_file(sp.root, name, p)):
+                    value = r.value
+                    if time_store and r.key == _TIME_KEY and value is not None:
+                        value = _renamed_upstream(value, mapping.topic_renames)
+                    send(changelog, p, r.key, value)
+                    n += 1
+        offsets = [KafkaTopicPartition(t, p, o, metadata=marker)
+                   for t, parts in mapping.offsets.items() for p, o in parts.items()]
+        for name, topic in mapping.inflight.items():
+            for p in sorted(m.inflight[name].files):
+                for r in sp.inflight(name, p):
+                    send(topic, p, r.key, r.value, r.timestamp, list(r.headers) or None)
+                    n += 1
+                offsets.append(KafkaTopicPartition(topic, p, repartition_start[(topic, p)],
+                                                   metadata=marker))
+        if producer.flush(_SEED_TIMEOUT_S) or errors:
+            raise InfrastructureError(f"savepoint: the seed could not be delivered: "
+                                      f"{errors[0] if errors else 'flush timed out'}")
+        if not offsets and not n:
+            producer.abort_transaction(timeout_s)
+            return 0
+        if offsets:
+            producer.send_offsets_to_transaction(offsets, group.consumer_group_metadata(),
+                                                 timeout_s)
+        producer.commit_transaction(_SEED_TIMEOUT_S)
+    except KafkaException as exc:
+        raise InfrastructureError(f"savepoint: the seed transaction failed (nothing of it is "
+                                  f"visible; a restart tries again): {exc.args[0]}") from exc
+    overwritten = {f"{t}[{p}]": o for (t, p), (o, _) in committed.items()}
+    if overwritten:
+        log.warning("savepoint.offsets_replaced", previous=overwritten)
+    return n
+
+
+def _renamed_upstream(raw: bytes, renames: dict[str, str]) -> bytes:
+    """A time store's upstream watermarks are keyed by repartition topic, whose name contains
+    the application id: carry them over to the new application's topics."""
+    state = orjson.loads(raw)
+    state["upstream"] = [[renames.get(t, t), *rest] for t, *rest in state.get("upstream", [])]
+    return orjson.dumps(state)
