@@ -13,7 +13,8 @@ _POINT = os.environ.get("STREAMPROC_TEST_CRASH_AT", "")
 _AFTER = int(os.environ.get("STREAMPROC_TEST_CRASH_AFTER", "1") or "1")
 _hits = 0
 
-POINTS = ("before_commit", "after_commit", "after_process", "mid_restore")
+POINTS = ("before_commit", "after_commit", "after_process", "mid_restore", "mid_seed",
+          "after_seed")
 if _POINT and _POINT not in POINTS:
     raise ValueError(f"STREAMPROC_TEST_CRASH_AT={_POINT!r} is not a crash point: {POINTS}")
 

@@ -39,6 +39,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from streamproc.codecs.base import Codec
 from streamproc.errors import InfrastructureError
 from streamproc.graph.compile import CompiledTopology
+from streamproc.runtime import faults
 from streamproc.savepoints.format import (
     Manifest,
     Savepoint,
@@ -197,6 +198,7 @@ def _seed(producer: Producer, sp: Savepoint, mapping: Mapping, group: Consumer,
                         value = _renamed_upstream(value, mapping.topic_renames)
                     send(changelog, p, r.key, value)
                     n += 1
+        faults.hit("mid_seed")
         offsets = [KafkaTopicPartition(t, p, o, metadata=marker)
                    for t, parts in mapping.offsets.items() for p, o in parts.items()]
         for name, topic in mapping.inflight.items():
@@ -216,6 +218,7 @@ def _seed(producer: Producer, sp: Savepoint, mapping: Mapping, group: Consumer,
             producer.send_offsets_to_transaction(offsets, group.consumer_group_metadata(),
                                                  timeout_s)
         producer.commit_transaction(_SEED_TIMEOUT_S)
+        faults.hit("after_seed")
     except KafkaException as exc:
         raise InfrastructureError(f"savepoint: the seed transaction failed (nothing of it is "
                                   f"visible; a restart tries again): {exc.args[0]}") from exc

@@ -232,3 +232,48 @@ def test_windows_and_watermarks_carry_over_to_a_new_application(
     expected = Counter((f"g{i % 3}", i * 10 // 100 * 100) for i in range(200))
     assert continued == {k: expected[k] for k in continued}
     assert len(continued) >= 3 * 9
+
+
+@pytest.mark.parametrize("crash_at", ["mid_seed", "after_seed"])
+def test_an_instance_killed_while_seeding_leaves_all_or_nothing(
+        kafka: str, tmp_path: Path, crash_at: str) -> None:
+    """kill -9 with the seed transaction open (nothing of it is visible; the next start seeds
+    again) or right after its commit (the next start finds it applied and does not seed
+    twice): either way the counts go on exactly from the savepoint's."""
+    u = unique("spk")
+    source, sink_a, sink_b = f"{u}-lines", f"{u}-counts-a", f"{u}-counts-b"
+    app_a, app_b = f"{u}-a", f"{u}-b"
+    create_topics(kafka, (source, 2), (sink_a, 2), (sink_b, 2))
+    first = FIRST[:20]
+    _produce(kafka, source, first)
+    assert run_bounded(wordcount.build(app_a, source, sink_a), kafka, tmp_path / "a",
+                       until="end", static_membership=False) == 0
+    sp_dir = tmp_path / "sp"
+    from streamproc.savepoints.create import create
+
+    create(kafka, compile_topology(wordcount.build(app_a, source, sink_a)), sp_dir,
+           topology_name="topologies.wordcount:build")
+    _produce(kafka, source, SECOND, first=len(first))
+
+    env = {**os.environ, "STREAMPROC_BROKERS": kafka,
+           "STREAMPROC_STATE_DIR": str(tmp_path / "b"), "STREAMPROC_LOG_FORMAT": "json",
+           "STREAMPROC_COMMIT_INTERVAL_MS": "200", "STREAMPROC_UNTIL": "end",
+           "STREAMPROC_STATIC_MEMBERSHIP": "false", "STREAMPROC_FROM_SAVEPOINT": str(sp_dir),
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "streamproc", "run", "topologies.wordcount:build",
+           "--param", f"app_id={app_b}", "--param", f"source={source}",
+           "--param", f"sink={sink_b}"]
+    killed = subprocess.run(cmd, cwd=ROOT, env={**env, "STREAMPROC_TEST_CRASH_AT": crash_at},
+                            capture_output=True, text=True, timeout=90)
+    assert killed.returncode == -9, killed.stderr
+    seeded = io.committed_offsets(kafka, app_b, source)
+    assert seeded == ({0: -1001, 1: -1001} if crash_at == "mid_seed" else {0: 10, 1: 10})
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert ("savepoint.already_applied" in done.stderr) == (crash_at == "after_seed")
+
+    saved = Counter(w for line in first for w in line.split())
+    words = [w for line in SECOND for w in line.split()]
+    expected = {w: list(range(saved[w] + 1, saved[w] + n + 1))
+                for w, n in Counter(words).items()}
+    assert _by_key(kafka, sink_b) == expected
