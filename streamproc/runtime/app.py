@@ -297,11 +297,11 @@ class Application:
         log.warning("consumer.error", error=str(err), code=err.code())
 
     def _commit_before_processing(self, buckets: dict[TopicPartition, list[Any]]) -> None:
-        assert self._consumer is not None
-        offsets = [KafkaTopicPartition(tp.topic, tp.partition, b[-1].offset() + 1)
-                   for tp, b in buckets.items() if tp in self._assigned]
+        assert self._consumer is not None and self._collector is not None
+        offsets = {tp: b[-1].offset() + 1 for tp, b in buckets.items() if tp in self._assigned}
         if offsets:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets=offset_list(offsets, self._collector.offset_metadata),
+                                  asynchronous=False)
 
     # -- tasks ---------------------------------------------------------------------------------
     def _create_task(self, tid: TaskId) -> None:
