@@ -92,6 +92,10 @@ class Settings(BaseSettings):
         "logged as http.listening.")
     http_host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server "
                            "binds (0.0.0.0 in a container, so probes and scrapes reach it).")
+    http_advertised_url: str | None = Field(
+        None, description="The URL other instances reach this one's HTTP server at (queryable "
+        "state proxies and redirects there); default http://{http_host}:{port}, with a wildcard "
+        "host replaced by this machine's hostname.")
     health_stuck_after_ms: int = Field(
         60_000, ge=1000, le=3_600_000, description="/healthz answers 503 once the loop has not "
         "polled Kafka for this long (at least 3 poll timeouts).")
@@ -116,6 +120,13 @@ class Settings(BaseSettings):
     def _registry_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://", "mock://")):
             raise ValueError("must start with http://, https:// or mock://")
+        return v
+
+    @field_validator("http_advertised_url")
+    @classmethod
+    def _advertised_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^/\s]+/?", v):
+            raise ValueError("must be http(s)://host:port (no path)")
         return v
 
     @field_validator("schema_registry_basic_auth")

@@ -42,6 +42,7 @@ from streamproc.types import TaskId, TopicPartition
 if TYPE_CHECKING:
     from streamproc.ops.http import HttpServer
     from streamproc.ops.prometheus import InstanceMetrics
+    from streamproc.ops.query import QueryState
     from streamproc.runtime.app import Application
 
 log = structlog.get_logger(__name__)
@@ -74,6 +75,7 @@ class InstanceMonitor:
         self._instance_id: str | None = None
         self._server: HttpServer | None = None
         self._metrics: InstanceMetrics | None = None
+        self.query: QueryState | None = None  # queryable state (/state), with HTTP
         self._produced = ProducedCounts()
         self._checkpoint = CheckpointStatus()
         self._recent = Recent(RECENT_S)
@@ -100,15 +102,25 @@ class InstanceMonitor:
         if not self.enabled:
             return
         from streamproc.ops.http import HttpContext, HttpServer, build_app
+        from streamproc.ops.instances import advertised_url
         from streamproc.ops.prometheus import InstanceMetrics
+        from streamproc.ops.query import QueryState  # also registers the /state routes
 
         s, app = self._app.settings, self._app
         self._metrics = InstanceMetrics(self.board)
+        self.query = QueryState(app)
         ctx = HttpContext(board=self.board, metrics=self._metrics, app=app,
                           topology=topology_json(app))
         assert s.http_port is not None
         self._server = HttpServer(build_app(ctx), s.http_host, s.http_port)
         self.port = self._server.start()
+        try:
+            self.query.start(instance_id, advertised_url(s.http_advertised_url, s.http_host,
+                                                         self.port))
+        except Exception:
+            self._server.stop()  # the instance does not start: neither does its endpoint
+            self._server = None
+            raise
         self._state = "running"
         self.publish(time.monotonic())
         log.info("http.listening", host=s.http_host, port=self.port)
@@ -119,6 +131,7 @@ class InstanceMonitor:
         if now >= self._next_publish and self.enabled:
             self._next_publish = now + PUBLISH_EVERY_S
             self._publish_safely(now)
+            self._tick_query(now)
         if now >= self._next_summary:
             self._next_summary = now + SUMMARY_EVERY_S
             self._log_summary()
@@ -149,11 +162,21 @@ class InstanceMonitor:
 
     def stop(self) -> None:
         self._log_summary()
+        if self.query is not None:
+            self.query.close()  # the registry's tombstone: this instance holds nothing now
         if self._server is not None:
             self._state = "stopped" if self._state != "failed" else "failed"
             self.publish(time.monotonic(), sample=False)
             self._server.stop()
             self._server = None
+
+    def _tick_query(self, now: float) -> None:
+        if self.query is None:
+            return
+        try:
+            self.query.tick(now, self._app.tasks)
+        except Exception as exc:  # queries must never stop processing
+            log.warning("state.registry_failed", error=str(exc))
 
     # -- sampling ---------------------------------------------------------------------------------
     def _publish_safely(self, now: float, *, error: str | None = None) -> None:

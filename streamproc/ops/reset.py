@@ -11,8 +11,8 @@ For the application's consumer group it
    offsets of every partition of every source topic: the earliest ones (default), those of the
    first records timestamped at or after ``--to-datetime`` (the end where there is none), or
    those given in ``--to-offsets FILE``;
-3. deletes the application's internal topics (repartition and changelog topics; the instances
-   recreate them at start) and waits until they are gone;
+3. deletes the application's internal topics (repartition, changelog and instance-registry
+   topics; the instances recreate them at start) and waits until they are gone;
 4. deletes the local state directory ``{state_dir}/{app}`` (RocksDB stores, instance id).
 
 ``--dry-run`` prints the same plan and changes nothing. Output topics, the dead-letter topic and
@@ -49,6 +49,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from streamproc.errors import ConfigError, StreamprocError
 from streamproc.graph.compile import CompiledTopology
+from streamproc.ops.instances import instances_topic
 from streamproc.types import TopicPartition
 
 
@@ -203,7 +204,9 @@ def plan_reset(admin: AdminClient, compiled: CompiledTopology, state_root: Path,
         new = _list_offsets(admin, sources, OffsetSpec.earliest(),  # type: ignore[no-untyped-call]
                             timeout_s)
         target = "earliest"
-    internal = [*compiled.repartition_topics, *(t for _, t in compiled.changelog_topics.values())]
+    # The instance registry too (queryable state): its entries describe instances that are gone.
+    internal = [*compiled.repartition_topics, *(t for _, t in compiled.changelog_topics.values()),
+                instances_topic(app)]
     return ResetPlan(
         app_id=app, group_state=desc.state.name.lower(), target=target,
         offsets={tp: (committed.get(tp), new[tp]) for tp in sources},

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import shutil
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,10 @@ class StoreCorrupted(StreamprocError):
     pass
 
 
+class StoreNotOpen(StreamprocError):
+    """A read from another thread found the store closed (revoked, recovering, shut down)."""
+
+
 class StateSchemaError(InfrastructureError):
     """Stored values no longer decode with the store's codec: the deployment changed a state
     value's schema incompatibly (docs/schemas.md, "State"). Never a record's fault, so never
@@ -51,6 +56,12 @@ class KeyValueStore:
     ``cache`` (key bytes -> value, or ``DELETED``) and ``dirty`` (keys changed since the last
     checkpoint) are public for the operators' hot loops, which touch them directly instead of
     paying a method call per record; ``get`` is the miss path.
+
+    Queryable state (streamproc/ops/query.py) reads from the HTTP thread through
+    :meth:`read_committed` and :meth:`scan` only: they read RocksDB, never the cache, so they see
+    committed state (as of the last checkpoint; never a value an abort could roll back). Those
+    two and :meth:`close` take ``_read_lock``, so the loop never closes or wipes the database
+    under a running read; the hot path (``get``/``put``/the cache) never takes it.
     """
 
     DELETED: Any = _DELETED
@@ -67,6 +78,7 @@ class KeyValueStore:
         self._db: rocksdict.Rdict | None = None
         self._meta_handle: Any = None
         self._meta: rocksdict.Rdict | None = None
+        self._read_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self) -> bool:
@@ -108,12 +120,13 @@ class KeyValueStore:
     def close(self) -> None:
         self.cache.clear()
         self.dirty.clear()
-        if self._db is not None:
-            # Column-family handles keep the DB alive (and its LOCK held); drop them first.
-            self._meta_handle = None
-            self._meta = None
-            self._db.close()
-            self._db = None
+        with self._read_lock:  # waits for a query reading from another thread
+            if self._db is not None:
+                # Column-family handles keep the DB alive (and its LOCK held); drop them first.
+                self._meta_handle = None
+                self._meta = None
+                self._db.close()
+                self._db = None
 
     @property
     def db(self) -> rocksdict.Rdict:
@@ -234,6 +247,51 @@ class KeyValueStore:
             "the store's value schema incompatibly with what earlier deployments wrote; make "
             "the change compatible (docs/schemas.md, State), migrate the state through a "
             "savepoint, or reset the application")
+
+    # -- reads from other threads (queryable state) ----------------------------------------
+    def read_committed(self, key: bytes) -> Any:
+        """The committed value of ``key`` (None when absent). Safe from any thread; raises
+        :class:`StoreNotOpen` once the loop has closed the store."""
+        with self._read_lock:
+            db = self._db
+            if db is None:
+                raise StoreNotOpen(f"store {self.name}[{self.partition}] is not open")
+            raw = db.get(key)
+        return None if raw is None else self.codec.decode(raw)
+
+    def scan(self, start: bytes | None = None, stop: bytes | None = None,
+             prefix: bytes | None = None, limit: int = 100,
+             keep: Callable[[bytes], bool] | None = None) -> list[tuple[bytes, Any]]:
+        """Committed entries in key order: keys in ``[start, stop)`` beginning with ``prefix``
+        and passing ``keep``, at most ``limit`` of them, decoded. Safe from any thread; raises
+        :class:`StoreNotOpen` once the loop has closed the store.
+
+        A list, not a generator: the lock must not stay held across yields that the caller
+        controls. One RocksDB iterator reads one consistent version, so the entries come from
+        one checkpoint (each checkpoint is one atomic WriteBatch)."""
+        if prefix is not None and (start is None or start < prefix):
+            start = prefix
+        raws: list[tuple[bytes, bytes]] = []
+        with self._read_lock:
+            db = self._db
+            if db is None:
+                raise StoreNotOpen(f"store {self.name}[{self.partition}] is not open")
+            it = db.iter()
+            if start is None:
+                it.seek_to_first()
+            else:
+                it.seek(start)
+            while it.valid() and len(raws) < limit:
+                key = it.key()
+                if (stop is not None and key >= stop) or (
+                        prefix is not None and not key.startswith(prefix)):
+                    break
+                if keep is None or keep(key):
+                    raws.append((key, it.value()))
+                it.next()
+            del it  # before the lock is released: an iterator pins the database
+        # Decoding needs no lock: the bytes are ours.
+        return [(k, self.codec.decode(v)) for k, v in raws]
 
     def items(self) -> Iterator[tuple[bytes, Any]]:
         """Committed content, decoded (for tests and state inspection)."""
