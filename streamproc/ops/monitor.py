@@ -5,8 +5,8 @@ The Application calls a handful of methods, all from its own thread: :meth:`star
 up), :meth:`tick` once per loop iteration (a heartbeat and, at most every
 ``PUBLISH_EVERY_S``, a new snapshot), :meth:`checkpointed` after each committed checkpoint,
 :meth:`shutting_down` and :meth:`stop`. Sampling reads the loop's own objects in the loop's own
-thread, so nothing here needs a lock; it reaches into a few of their private fields rather
-than widening their APIs for observation alone. Nothing runs per record.
+thread, through their read-only observation accessors, so nothing here needs a lock.
+Nothing runs per record.
 """
 
 from __future__ import annotations
@@ -197,12 +197,12 @@ class InstanceMonitor:
         parts, tasks, restoring, joined = prev.partitions, prev.tasks, prev.restoring, prev.joined
         if sample:
             parts, tasks, restoring = self._partitions(), self._tasks(), self._restoring()
-            consumer = app._consumer
+            consumer = app.consumer
             joined = joined or (consumer is not None and bool(consumer.memberid()))
             if now >= self._next_sizes:
                 self._next_sizes = now + STORE_SIZES_EVERY_S
                 self._stores = self._store_sizes()
-        totals = app._restorer.totals if app._restorer is not None else None
+        totals = app.restorer.totals if app.restorer is not None else None
         dlq = sum_by(counters, "records_failed_total", "error_type", {"policy": "dead_letter"})
         recent = self._recent.update(now, {k: float(v) for k, v in dlq.items()})
         self._rate.update(now, {"processed": float(app.processed)})
@@ -211,7 +211,7 @@ class InstanceMonitor:
             app_id=app.app_id, instance_id=self._instance_id, guarantee=app.guarantee,
             state=self._state, joined=joined, published_at_ms=_now_ms(),
             started_at_ms=prev.started_at_ms, processed=app.processed,
-            produced=app._collector.produced if app._collector is not None else prev.produced,
+            produced=app.collector.produced if app.collector is not None else prev.produced,
             rate=round(self._rate.rate(now, "processed"), 1),
             partitions=parts, tasks=tasks, restoring=restoring, stores=self._stores,
             restored_records=(totals.records if totals else 0)
@@ -228,8 +228,8 @@ class InstanceMonitor:
             produced_by_partition=self._produced.totals()))
 
     def _partitions(self) -> tuple[PartitionStatus, ...]:
-        app, consumer = self._app, self._app._consumer
-        assigned = sorted(app._assigned)
+        app, consumer = self._app, self._app.consumer
+        assigned = sorted(app.assigned)
         if consumer is None or not assigned:
             return ()
         sub_of = app.compiled.topic_subtopology
@@ -238,7 +238,7 @@ class InstanceMonitor:
         out = []
         for tp in assigned:
             task = app.tasks.get(TaskId(sub_of[tp.topic], tp.partition))
-            committed = task._committed.get(tp) if task is not None else None
+            committed = task.committed_offset(tp) if task is not None else None
             # The consumer's position moves past transaction markers, the task's next offset
             # does not; a paused (restoring) partition has no position yet.
             position = positions.get(tp)
@@ -266,12 +266,12 @@ class InstanceMonitor:
         return tuple(out)
 
     def _restoring(self) -> tuple[RestoreStatus, ...]:
-        restorer = self._app._restorer
+        restorer = self._app.restorer
         if restorer is None or not restorer.active:
             return ()
-        client = restorer._consumer
+        client = restorer.client
         out = []
-        for tp, r in sorted(restorer._active.items()):
+        for tp, r in restorer.in_progress():
             remaining = None
             if client is not None:
                 _, high = client.get_watermark_offsets(

@@ -77,10 +77,10 @@ class QueryState:
     holds (republished by :meth:`tick` whenever the tasks change) and the registry."""
 
     def __init__(self, app: Application) -> None:
-        assert app._plan is not None
+        assert app.plan is not None
         self.app_id = app.app_id
         self.catalog = catalog(app.compiled)
-        self.tasks_per_subtopology = dict(app._plan.partitions)
+        self.tasks_per_subtopology = dict(app.plan.partitions)
         self.local: Local = MappingProxyType({})
         self.instance = ""
         self.url = ""
@@ -101,7 +101,7 @@ class QueryState:
         registry = InstanceRegistry(app.app_id, instance, url, app.bootstrap, extra, cextra)
         from streamproc.kafka.admin import TopicAdmin
 
-        registry.start(app._admin or TopicAdmin(app.bootstrap))
+        registry.start(app.admin or TopicAdmin(app.bootstrap))
         self.registry = registry
         log.info("state.queryable", url=url, registry=registry.topic)
 

@@ -111,6 +111,32 @@ class Application:
             self._shutdown()
         return 1 if self._failed else 0
 
+    # -- observation (streamproc/ops reads these on the loop's thread) ---------------------------
+    @property
+    def consumer(self) -> Consumer | None:
+        return self._consumer
+
+    @property
+    def collector(self) -> Collector | None:
+        return self._collector
+
+    @property
+    def restorer(self) -> Restorer | None:
+        return self._restorer
+
+    @property
+    def admin(self) -> TopicAdmin | None:
+        return self._admin
+
+    @property
+    def plan(self) -> Plan | None:
+        """Tasks per sub-topology, once resolved against the cluster at start."""
+        return self._plan
+
+    @property
+    def assigned(self) -> frozenset[TopicPartition]:
+        return frozenset(self._assigned)
+
     # -- start and stop ------------------------------------------------------------------------
     def _start(self) -> None:
         s = self.settings

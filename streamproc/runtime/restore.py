@@ -27,7 +27,7 @@ _PROGRESS_EVERY_S = 5.0
 
 
 @dataclass
-class _Restoring:
+class Restoring:
     task: Task
     store: KeyValueStore
     start_offset: int
@@ -51,7 +51,7 @@ class Restorer:
         self._config = config
         self._batch_size = batch_size
         self._consumer: Consumer | None = None
-        self._active: dict[TopicPartition, _Restoring] = {}
+        self._active: dict[TopicPartition, Restoring] = {}
         self.totals = RestoreStats()
         self._wall_start: float | None = None
 
@@ -64,13 +64,22 @@ class Restorer:
             self._consumer = Consumer(self._config)
         return self._consumer
 
+    @property
+    def client(self) -> Consumer | None:
+        """The restore consumer, once one was needed."""
+        return self._consumer
+
+    def in_progress(self) -> list[tuple[TopicPartition, Restoring]]:
+        """The changelog partitions being restored, in order, with their progress."""
+        return sorted(self._active.items())
+
     def add(self, task: Task) -> None:
         """Start restoring every store of ``task`` (a task without stores is ready at once)."""
         assigns = []
         for name, store in task.stores.items():
             tp = TopicPartition(task.changelog_topics[name], task.partition)
             start = store.changelog_offset
-            self._active[tp] = _Restoring(task, store, start)
+            self._active[tp] = Restoring(task, store, start)
             assigns.append(KafkaTopicPartition(tp.topic, tp.partition, start))
             log.info("restore.started", task=str(task.id), store=name, changelog=tp.topic,
                      partition=tp.partition, from_offset=start)

@@ -152,6 +152,10 @@ class Task:
         self.tick(self.now_ms())
 
     # checkpoint ---------------------------------------------------------------------------
+    def committed_offset(self, tp: TopicPartition) -> int | None:
+        """The offset this task last committed for ``tp`` (None before its first commit)."""
+        return self._committed.get(tp)
+
     def uncommitted_offsets(self) -> dict[TopicPartition, int]:
         return {tp: o for tp, o in self.next_offsets.items() if self._committed.get(tp) != o}
 
