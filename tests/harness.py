@@ -28,6 +28,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def cli(kafka: str, *args: str, timeout_s: float = 90,
+        **env: str) -> subprocess.CompletedProcess[str]:
+    """``python3 -m streamproc ARGS`` as a user runs it, against ``kafka``, with extra
+    environment variables (``STREAMPROC_*`` settings, crash points); output captured."""
+    return subprocess.run([sys.executable, "-m", "streamproc", *args], cwd=ROOT,
+                          env={**os.environ, "STREAMPROC_BROKERS": kafka,
+                               "PYTHONPATH": str(ROOT), **env},
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
 def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
     TopicAdmin(bootstrap).create([TopicSpec(name, n) for name, n in specs])
 

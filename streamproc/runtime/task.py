@@ -14,7 +14,8 @@ from streamproc.state.store import KeyValueStore
 from streamproc.time.watermarks import CONTROL_HEADER, CONTROL_WATERMARK, TaskTime
 from streamproc.types import Origin, TaskId, TopicPartition
 
-_TIME_KEY = b"watermark"
+# The key of a task's time state (watermarks) in its sub-topology's time store.
+TIME_KEY = b"watermark"
 # A watermark control record: (topic, partition, value, headers)
 ControlRecord = tuple[str, int, bytes, list[tuple[str, bytes]]]
 
@@ -105,7 +106,7 @@ class Task:
             store.check_values()
         name = self.subtopology.time_store
         if name is not None:
-            raw = self.stores[name].get(_TIME_KEY)
+            raw = self.stores[name].get(TIME_KEY)
             if raw is not None:
                 self.time.restore(raw)
         for op in self._timed:
@@ -167,7 +168,7 @@ class Task:
         if name is not None:
             snap = self.time.snapshot()
             if snap is not None:
-                self.stores[name].put(_TIME_KEY, snap)
+                self.stores[name].put(TIME_KEY, snap)
         return {name: s.prepare() for name, s in self.stores.items() if s.dirty_count}
 
     def control_records(self) -> list[ControlRecord]:

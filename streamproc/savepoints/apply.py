@@ -40,6 +40,7 @@ from streamproc.codecs.base import Codec
 from streamproc.errors import InfrastructureError
 from streamproc.graph.compile import CompiledTopology
 from streamproc.runtime import faults
+from streamproc.runtime.task import TIME_KEY
 from streamproc.savepoints.format import (
     Manifest,
     Savepoint,
@@ -48,12 +49,11 @@ from streamproc.savepoints.format import (
     store_file,
 )
 from streamproc.savepoints.topology import Mapping, map_savepoint
+from streamproc.state.store import CHECK_SAMPLE
 
 log = structlog.get_logger(__name__)
 
 METADATA_PREFIX = "streamproc-savepoint="
-_TIME_KEY = b"watermark"
-_CHECK_SAMPLE = 256
 _SEED_TIMEOUT_S = 600.0
 
 
@@ -81,7 +81,7 @@ def _check_values(sp: Savepoint, store: str, codec: Codec) -> None:
     reader = sp.store(store)
     for p in reader.partitions:
         for i, (key, raw) in enumerate(reader.items(p)):
-            if i >= _CHECK_SAMPLE:
+            if i >= CHECK_SAMPLE:
                 break
             try:
                 codec.decode(raw)
@@ -194,7 +194,7 @@ def _seed(producer: Producer, sp: Savepoint, mapping: Mapping, group: Consumer,
             for p in sorted(m.stores[name].files):
                 for r in read_records(store_file(sp.root, name, p)):
                     value = r.value
-                    if time_store and r.key == _TIME_KEY and value is not None:
+                    if time_store and r.key == TIME_KEY and value is not None:
                         value = _renamed_upstream(value, mapping.topic_renames)
                     send(changelog, p, r.key, value)
                     n += 1

@@ -38,6 +38,7 @@ from confluent_kafka.admin import AdminClient
 from streamproc.graph.compile import CompiledTopology
 from streamproc.kafka.io import drain, header_list
 from streamproc.ops.reset import active_members
+from streamproc.runtime.task import TIME_KEY
 from streamproc.savepoints.format import (
     FileInfo,
     InflightInfo,
@@ -46,7 +47,7 @@ from streamproc.savepoints.format import (
     Savepoint,
     SavepointError,
     StoreInfo,
-    _fresh_dir,
+    fresh_dir,
     inflight_file,
     publish,
     read_records,
@@ -58,9 +59,6 @@ from streamproc.types import TaskId
 
 log = structlog.get_logger(__name__)
 
-_TIME_KEY = b"watermark"  # runtime/task.py keeps a task's time state under this key
-
-
 def create(bootstrap: str, compiled: CompiledTopology, to: Path, *, topology_name: str,
            wait_stopped_s: float = 30.0, timeout_s: float = 60.0) -> Savepoint:
     """Take a savepoint of the stopped application ``compiled`` describes into ``to``."""
@@ -69,7 +67,7 @@ def create(bootstrap: str, compiled: CompiledTopology, to: Path, *, topology_nam
     _wait_stopped(admin, app, wait_stopped_s)
     meta = admin.list_topics(timeout=timeout_s).topics
     tasks = _tasks(compiled, meta)
-    tmp = _fresh_dir(to)
+    tmp = fresh_dir(to)
     try:
         reader = Consumer({
             "bootstrap.servers": bootstrap, "group.id": app, "enable.auto.commit": False,
@@ -168,7 +166,7 @@ def _stores(reader: Consumer, compiled: CompiledTopology, meta: dict[str, Any], 
 
 def _time_records(tmp: Path, store: str, partition: int) -> Iterator[bytes]:
     for r in read_records(store_file(tmp, store, partition)):
-        if r.key == _TIME_KEY and r.value is not None:
+        if r.key == TIME_KEY and r.value is not None:
             yield r.value
 
 

@@ -310,7 +310,7 @@ class Savepoint:
         if len(names) != len(set(names)):
             raise SavepointError(f"rewrite would give two stores one name: {sorted(names)}")
         target = Path(to)
-        tmp = _fresh_dir(target)
+        tmp = fresh_dir(target)
         stores: dict[str, StoreInfo] = {}
         for name, info in self.manifest.stores.items():
             if name in dropped:
@@ -348,7 +348,7 @@ def _transformed(records: Iterator[SavedRecord],
             yield SavedRecord(r.key, value)
 
 
-def _fresh_dir(target: Path) -> Path:
+def fresh_dir(target: Path) -> Path:
     """The temporary directory a savepoint is built in beside ``target``, which must not hold
     anything yet: an existing savepoint is never overwritten."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -368,6 +368,6 @@ def publish(tmp: Path, target: Path, manifest: Manifest) -> Savepoint:
         f.flush()
         os.fsync(f.fileno())
     if target.exists():
-        target.rmdir()  # empty (checked by _fresh_dir)
+        target.rmdir()  # empty (checked by fresh_dir)
     tmp.rename(target)
     return Savepoint(target, manifest)

@@ -5,7 +5,6 @@ topology is fixed, where they are then processed."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,10 @@ import pytest
 
 from streamproc import CodecError, Topology, codecs
 from streamproc.kafka import io
+from tests import harness
 from tests.harness import create_topics, running, unique
 
 pytestmark = pytest.mark.kafka
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def topology(app_id: str, src: str, out: str, *, fixed: bool) -> Topology:
@@ -45,8 +44,7 @@ def _blocks(lines: list[str]) -> list[list[str]]:
 
 
 def cli(kafka: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamproc", "dlq", *args, "--brokers", kafka],
-                          cwd=ROOT, capture_output=True, text=True, timeout=90)
+    return harness.cli(kafka, "dlq", *args)
 
 
 def test_inspect_and_replay(kafka: str, tmp_path: Path) -> None:

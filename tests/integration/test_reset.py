@@ -9,9 +9,7 @@ function (``streamproc.ops.reset.reset``) where only its effect is.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +23,7 @@ from streamproc.graph.compile import compile_topology
 from streamproc.kafka import io
 from streamproc.kafka.admin import TopicAdmin
 from streamproc.ops.reset import ResetRefused, reset
-from tests.harness import ROOT, create_topics, running, unique
+from tests.harness import cli, create_topics, running, unique
 from tests.integration.test_bounded import run_bounded
 from topologies import wordcount
 from topologies._examples import BASE_MS
@@ -47,13 +45,9 @@ def _setup(kafka: str) -> tuple[str, str, str]:
 def _cli(kafka: str, state: Path, app_id: str, source: str, sink: str,
          *args: str) -> subprocess.CompletedProcess[str]:
     """``streamproc reset`` for the wordcount app with these names."""
-    return subprocess.run(
-        [sys.executable, "-m", "streamproc", "reset", "--app", app_id,
-         "--topology", "topologies.wordcount:build", "--param", f"app_id={app_id}",
-         "--param", f"source={source}", "--param", f"sink={sink}", *args],
-        cwd=ROOT, env={**os.environ, "STREAMPROC_BROKERS": kafka,
-                       "STREAMPROC_STATE_DIR": str(state), "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=60)
+    return cli(kafka, "reset", "--app", app_id, "--topology", "topologies.wordcount:build",
+               "--param", f"app_id={app_id}", "--param", f"source={source}",
+               "--param", f"sink={sink}", *args, timeout_s=60, STREAMPROC_STATE_DIR=str(state))
 
 
 def _counts(kafka: str, sink: str) -> dict[str, list[int]]:

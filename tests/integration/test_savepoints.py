@@ -11,9 +11,6 @@ Runs are bounded (``until=end``), so each ends by itself after committing everyt
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from streamproc.kafka import io
 from streamproc.savepoints import Savepoint
 from streamproc.savepoints.topology import fingerprint
 from tests import apps
-from tests.harness import ROOT, create_topics, running, unique
+from tests.harness import cli, create_topics, running, unique
 from tests.integration.test_bounded import run_bounded
 from topologies import wordcount
 
@@ -34,13 +31,6 @@ pytestmark = pytest.mark.kafka
 FIRST = [f"w{i % 5} x{i % 3}" for i in range(60)]
 INFLIGHT = ["w0", "w1", "w1", "late"]  # written straight to the repartition topic
 SECOND = [f"w{i % 4} y{i % 2}" for i in range(40)]
-
-
-def _cli(kafka: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamproc", *args], cwd=ROOT,
-                          env={**os.environ, "STREAMPROC_BROKERS": kafka,
-                               "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=90)
 
 
 def _by_key(kafka: str, topic: str) -> dict[str, list[int]]:
@@ -74,7 +64,7 @@ def test_second_app_from_a_savepoint_continues_exactly_like_the_original(
                      ((w.encode(), w.encode(), None, None) for w in INFLIGHT))
 
     sp_dir = tmp_path / "savepoint"
-    made = _cli(kafka, "savepoint", "create", "--app", app_a, "--topology", spec, *params_a,
+    made = cli(kafka, "savepoint", "create", "--app", app_a, "--topology", spec, *params_a,
                 "--to", str(sp_dir))
     assert made.returncode == 0, made.stderr
     sp = Savepoint.open(sp_dir)
@@ -92,7 +82,7 @@ def test_second_app_from_a_savepoint_continues_exactly_like_the_original(
     assert m.inflight["words-repartition"].records == len(INFLIGHT)
     assert sorted((r.key or b"").decode() for p in range(2)
                   for r in sp.inflight("words-repartition", p)) == sorted(INFLIGHT)
-    inspected = _cli(kafka, "savepoint", "inspect", str(sp_dir))
+    inspected = cli(kafka, "savepoint", "inspect", str(sp_dir))
     assert inspected.returncode == 0, inspected.stderr
     assert f"  counts: {len(totals)} keys" in inspected.stdout
     assert "  words-repartition: 4 records\n" in inspected.stdout
@@ -136,42 +126,33 @@ def test_refusals_name_the_problem_and_drop_is_explicit(kafka: str, tmp_path: Pa
     sp_dir = tmp_path / "sp"
     params = ["--param", f"app_id={app}", "--param", f"source={source}",
               "--param", f"sink={sink}"]
-    made = _cli(kafka, "savepoint", "create", "--app", app, "--topology",
+    made = cli(kafka, "savepoint", "create", "--app", app, "--topology",
                 "topologies.wordcount:build", *params, "--to", str(sp_dir))
     assert made.returncode == 0, made.stderr
-    again = _cli(kafka, "savepoint", "create", "--app", app, "--topology",
+    again = cli(kafka, "savepoint", "create", "--app", app, "--topology",
                  "topologies.wordcount:build", *params, "--to", str(sp_dir))
     assert again.returncode == 2
     assert "already exists and is not empty" in again.stderr
 
     # A new version whose store is called differently: refused, naming the store and the way out.
-    env = {"STREAMPROC_BROKERS": kafka, "STREAMPROC_STATE_DIR": str(tmp_path / "b"),
-           "STREAMPROC_COMMIT_INTERVAL_MS": "200", "STREAMPROC_UNTIL": "end",
-           "STREAMPROC_STATIC_MEMBERSHIP": "false", "PYTHONPATH": str(ROOT)}
-    renamed = subprocess.run(
-        [sys.executable, "-m", "streamproc", "run", "tests.apps:renamed_wordcount",
-         "--param", f"app_id={u}-b", "--param", f"source={source}", "--param", f"sink={sink}",
-         "--from-savepoint", str(sp_dir)],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=90)
+    env = {"STREAMPROC_STATE_DIR": str(tmp_path / "b"), "STREAMPROC_COMMIT_INTERVAL_MS": "200",
+           "STREAMPROC_UNTIL": "end", "STREAMPROC_STATIC_MEMBERSHIP": "false"}
+    renamed_b = ["run", "tests.apps:renamed_wordcount", "--param", f"app_id={u}-b",
+                 "--param", f"source={source}", "--param", f"sink={sink}",
+                 "--from-savepoint", str(sp_dir)]
+    renamed = cli(kafka, *renamed_b, **env)
     assert renamed.returncode == 2
     assert "store 'counts' (" in renamed.stderr and "savepoint_drop=counts" in renamed.stderr
 
     # The same app id again, with its state still there: refused (reset it first).
-    same = subprocess.run(
-        [sys.executable, "-m", "streamproc", "run", "topologies.wordcount:build", *params,
-         "--from-savepoint", str(sp_dir)],
-        cwd=ROOT, env={**os.environ, **env, "STREAMPROC_STATE_DIR": str(tmp_path / "a")},
-        capture_output=True, text=True, timeout=90)
+    same = cli(kafka, "run", "topologies.wordcount:build", *params, "--from-savepoint",
+               str(sp_dir), **{**env, "STREAMPROC_STATE_DIR": str(tmp_path / "a")})
     assert same.returncode == 2
     assert "it already has state" in same.stderr and f"streamproc reset --app {app}" in \
         same.stderr
 
     # Told to drop the store: the new version starts with an empty store of its own.
-    dropped = subprocess.run(
-        [sys.executable, "-m", "streamproc", "run", "tests.apps:renamed_wordcount",
-         "--param", f"app_id={u}-b", "--param", f"source={source}", "--param", f"sink={sink}",
-         "--from-savepoint", str(sp_dir), "--savepoint-drop", "counts"],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=90)
+    dropped = cli(kafka, *renamed_b, "--savepoint-drop", "counts", **env)
     assert dropped.returncode == 0, dropped.stderr
     assert io.committed_offsets(kafka, f"{u}-b", source) == {0: 5, 1: 5}
 
@@ -211,16 +192,19 @@ def test_windows_and_watermarks_carry_over_to_a_new_application(
     io.produce_timed(kafka, source, events(0, 100))  # ts 0 .. 990
     run(app_a, out_a, "a")
     fired_before = windows(out_a)
-    assert fired_before  # windows well below the watermark have fired, the last ones not
+    # The downstream watermark is the lower upstream one: 980 (partition 0's last event).
+    # [800, 900) closed at 920; [900, 1000) needs 1020.
+    groups = ("g0", "g1", "g2")
+    assert set(fired_before) == {(g, s) for g in groups for s in range(0, 900, 100)}
 
     sp_dir = tmp_path / "sp"
-    made = _cli(kafka, "savepoint", "create", "--app", app_a, "--topology",
+    made = cli(kafka, "savepoint", "create", "--app", app_a, "--topology",
                 "tests.apps:windowed_counts", "--to", str(sp_dir), "--wait-stopped", "5")
     assert made.returncode == 0, made.stderr
     m = Savepoint.open(sp_dir).manifest
     assert sorted(m.stores) == ["groups.source.time", "windows"]
     assert sorted(m.watermarks) == ["1_0", "1_1"]
-    assert all(0 < w["watermark"] <= 990 for w in m.watermarks.values())
+    assert {t: w["watermark"] for t, w in m.watermarks.items()} == {"1_0": 980, "1_1": 980}
 
     io.produce_timed(kafka, source, events(100, 100))  # ts 1000 .. 1990
     run(app_a, out_a, "a")
@@ -231,7 +215,8 @@ def test_windows_and_watermarks_carry_over_to_a_new_application(
     # exactly the events of its group in it.
     expected = Counter((f"g{i % 3}", i * 10 // 100 * 100) for i in range(200))
     assert continued == {k: expected[k] for k in continued}
-    assert len(continued) >= 3 * 9
+    # Watermark 1980 now: [1800, 1900) closed, [1900, 2000) still open.
+    assert set(continued) == {(g, s) for g in groups for s in range(900, 1900, 100)}
 
 
 @pytest.mark.parametrize("crash_at", ["mid_seed", "after_seed"])
@@ -255,20 +240,16 @@ def test_an_instance_killed_while_seeding_leaves_all_or_nothing(
            topology_name="topologies.wordcount:build")
     _produce(kafka, source, SECOND, first=len(first))
 
-    env = {**os.environ, "STREAMPROC_BROKERS": kafka,
-           "STREAMPROC_STATE_DIR": str(tmp_path / "b"), "STREAMPROC_LOG_FORMAT": "json",
+    env = {"STREAMPROC_STATE_DIR": str(tmp_path / "b"), "STREAMPROC_LOG_FORMAT": "json",
            "STREAMPROC_COMMIT_INTERVAL_MS": "200", "STREAMPROC_UNTIL": "end",
-           "STREAMPROC_STATIC_MEMBERSHIP": "false", "STREAMPROC_FROM_SAVEPOINT": str(sp_dir),
-           "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "streamproc", "run", "topologies.wordcount:build",
-           "--param", f"app_id={app_b}", "--param", f"source={source}",
-           "--param", f"sink={sink_b}"]
-    killed = subprocess.run(cmd, cwd=ROOT, env={**env, "STREAMPROC_TEST_CRASH_AT": crash_at},
-                            capture_output=True, text=True, timeout=90)
+           "STREAMPROC_STATIC_MEMBERSHIP": "false", "STREAMPROC_FROM_SAVEPOINT": str(sp_dir)}
+    cmd = ["run", "topologies.wordcount:build", "--param", f"app_id={app_b}",
+           "--param", f"source={source}", "--param", f"sink={sink_b}"]
+    killed = cli(kafka, *cmd, **env, STREAMPROC_TEST_CRASH_AT=crash_at)
     assert killed.returncode == -9, killed.stderr
     seeded = io.committed_offsets(kafka, app_b, source)
     assert seeded == ({0: -1001, 1: -1001} if crash_at == "mid_seed" else {0: 10, 1: 10})
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    done = cli(kafka, *cmd, **env)
     assert done.returncode == 0, done.stderr
     assert ("savepoint.already_applied" in done.stderr) == (crash_at == "after_seed")
 

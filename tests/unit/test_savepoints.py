@@ -15,7 +15,7 @@ from streamproc.savepoints.format import (
     Savepoint,
     SavepointError,
     StoreInfo,
-    _fresh_dir,
+    fresh_dir,
     inflight_file,
     publish,
     read_records,
@@ -40,7 +40,7 @@ def _make(root: Path, *, app: str = "wc", counts: dict[int, dict[str, int]] | No
     """A savepoint of topologies.wordcount with these counts and in-flight words."""
     counts = counts if counts is not None else {0: {"a": 2, "b": 1}, 1: {"c": 7}}
     inflight = inflight if inflight is not None else {0: ["a"], 1: []}
-    tmp = _fresh_dir(root)
+    tmp = fresh_dir(root)
     store = StoreInfo(subtopology=1, codec="json", changelog="counts-changelog", partitions=2)
     for p, kv in counts.items():
         store.files[p] = write_records(store_file(tmp, "counts", p), [
