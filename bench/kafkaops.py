@@ -72,9 +72,14 @@ class Kafka:
         # cost the contender CPU on a 2-core machine.
         c = self._progress.get(group)
         if c is None:
+            # read_uncommitted: librdkafka then does not ask for *stable* offsets. With the
+            # default (read_committed) the broker holds the answer while a transaction with
+            # offsets is open, which after a contender's kill -9 lasts until its transaction
+            # times out: committed() timed out (W6, Quix's 60 s). The offsets returned are the
+            # committed ones either way; a pending transaction's are not among them.
             c = self._progress[group] = Consumer({
                 "bootstrap.servers": self.bootstrap, "group.id": group,
-                "enable.auto.commit": False})
+                "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
         parts = self._parts.get(topic)
         if parts is None:
             parts = self._parts[topic] = sorted(
