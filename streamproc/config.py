@@ -99,6 +99,22 @@ class Settings(BaseSettings):
     health_stuck_after_ms: int = Field(
         60_000, ge=1000, le=3_600_000, description="/healthz answers 503 once the loop has not "
         "polled Kafka for this long (at least 3 poll timeouts).")
+    max_record_bytes: int | None = Field(
+        None, ge=1024, le=1_000_000_000, description="Largest record (key + value + headers "
+        "+ framing) the instance writes; a larger output, dead letter or state value is bad "
+        "input for the record that caused it. Unset: the smallest max.message.bytes of the "
+        "topics it writes (checked at start: a larger value stops the start).")
+    min_timestamp_ms: int = Field(
+        0, ge=0, description="Event timestamps before this (epoch ms; default 1970-01-01) are "
+        "bad input: dead-lettered per the source's policy, never moving the watermark.")
+    max_future_skew_ms: int = Field(
+        86_400_000, ge=0, description="Event timestamps more than this ahead of the wall clock "
+        "are bad input: dead-lettered per the source's policy, never moving the watermark.")
+    control_signing_key: pydantic.SecretStr | None = Field(
+        None, description="Shared secret that signs watermark control records (HMAC-SHA256) on "
+        "repartition topics; every instance of the application must have the same one. "
+        "Unset: a key derived from the application id (rejects foreign and forwarded control "
+        "records, not a producer that can write the internal topics: see docs/security.md).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     consumer_config: dict[str, str] = Field(
