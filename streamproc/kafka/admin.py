@@ -43,6 +43,25 @@ class TopicAdmin:
             out[t] = None if meta is None or meta.error is not None else len(meta.partitions)
         return out
 
+    def configs(self, topics: list[str]) -> dict[str, dict[str, str]]:
+        """Each topic's effective configuration (topic overrides and broker defaults)."""
+        from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+
+        if not topics:
+            return {}
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
+        out: dict[str, dict[str, str]] = {}
+        try:
+            futures = self._admin.describe_configs(resources,
+                                                   request_timeout=self._timeout_s)
+            for res, fut in futures.items():
+                entries = fut.result()
+                out[res.name] = {k: e.value for k, e in entries.items() if e.value is not None}
+        except KafkaException as exc:
+            raise StreamprocError(f"cannot describe the configuration of topics "
+                                  f"{', '.join(topics)}: {exc.args[0]}") from exc
+        return out
+
     def create(self, specs: list[TopicSpec]) -> None:
         """Create topics that do not exist yet (another instance may race us: that is fine)."""
         if not specs:

@@ -36,7 +36,13 @@ from streamproc.runtime import faults
 from streamproc.runtime.bounded import Bounded
 from streamproc.runtime.collector import Collector, offset_list
 from streamproc.runtime.deadletter import dead_letter
-from streamproc.runtime.operators import MAX_RECORD_BYTES
+from streamproc.runtime.limits import (
+    DEFAULT_MAX_RECORD_BYTES,
+    OutputTime,
+    StateGuard,
+    TimeBounds,
+    write_limits,
+)
 from streamproc.runtime.plan import (
     Plan,
     control_partitions,
@@ -46,7 +52,9 @@ from streamproc.runtime.plan import (
 )
 from streamproc.runtime.restore import Restorer
 from streamproc.runtime.statedir import StateDir
+from streamproc.runtime.strays import StrayPartitions
 from streamproc.runtime.task import Task
+from streamproc.time.watermarks import control_key
 from streamproc.types import Origin, TaskId, TopicPartition
 
 log = structlog.get_logger(__name__)
@@ -86,6 +94,15 @@ class Application:
         self._admin: TopicAdmin | None = None
         self._purgeable: dict[tuple[str, int], int] = {}  # committed repartition offsets
         self._bounded: Bounded | None = None  # until / from_datetime (runtime/bounded.py)
+        # Bad input limits (runtime/limits.py): resolved against the written topics at start.
+        self.max_record_bytes = settings.max_record_bytes or DEFAULT_MAX_RECORD_BYTES
+        self._output_time: dict[str, OutputTime] = {}
+        self._time_bounds = TimeBounds(settings.min_timestamp_ms, settings.max_future_skew_ms)
+        self._guard = StateGuard()  # state keys whose value outgrew max_record_bytes
+        secret = settings.control_signing_key
+        self._control_key = control_key(
+            self.app_id, secret.get_secret_value().encode() if secret is not None else None)
+        self._strays = StrayPartitions(self._on_error, self.metrics.inc)
         self.processed = 0
         self.checkpoints = 0
         self.ops = InstanceMonitor(self)  # status, /metrics, the HTTP server (streamproc/ops)
@@ -142,13 +159,14 @@ class Application:
         s = self.settings
         self._admin = TopicAdmin(self.bootstrap)
         plan = self._plan = resolve(self.compiled, self._admin)
+        self._resolve_limits()
         self._statedir.lock()
         marker = self._from_savepoint(plan) if s.from_savepoint is not None else None
         instance = self._statedir.instance_id(s.instance_id)
         txid = f"{self.app_id}-{instance}" if self._eos else None
         self._collector = Collector(
-            lambda: self.ops.producer_config(
-                producer_config(s, self.bootstrap, txid, f"{self.app_id}-{instance}")),
+            lambda: self.ops.producer_config(self._sized(
+                producer_config(s, self.bootstrap, txid, f"{self.app_id}-{instance}"))),
             transactional=self._eos, op_timeout_s=self._op_timeout_s)
         self._collector.offset_metadata = marker
         self._collector.init()
@@ -172,6 +190,32 @@ class Application:
                  assignor="cooperative-sticky" if self._cooperative else "range",
                  topics=topics, tasks_per_subtopology=plan.partitions,
                  state_dir=str(self._statedir.path), brokers=self.bootstrap)
+
+    def _resolve_limits(self) -> None:
+        """``max_record_bytes`` and the output timestamp ranges, from the configuration of every
+        topic this instance writes (a record over either would fail its whole transaction at
+        the broker, and the replay would fail the same way: a crash loop)."""
+        assert self._admin is not None
+        c = self.compiled
+        written = sorted({*c.sink_topics, *c.repartition_topics,
+                          *(t for _, t in c.changelog_topics.values()), c.dead_letter_topic,
+                          *c.late_topics})
+        client_max = int(self.settings.producer_config.get("message.max.bytes",
+                                                           DEFAULT_MAX_RECORD_BYTES))
+        self.max_record_bytes, self._output_time = write_limits(
+            self._admin.configs(written), self.settings.max_record_bytes, client_max)
+        log.info("instance.limits", max_record_bytes=self.max_record_bytes,
+                 min_timestamp_ms=self.settings.min_timestamp_ms,
+                 max_future_skew_ms=self.settings.max_future_skew_ms,
+                 output_timestamp_limits={t: [o.before_ms, o.after_ms]
+                                          for t, o in self._output_time.items()})
+
+    def _sized(self, conf: dict[str, Any]) -> dict[str, Any]:
+        """The producer never builds a batch larger than the smallest topic limit (a batch of
+        small records over it would be refused whole)."""
+        cap = max(self.max_record_bytes, 1000)
+        return {**conf, "message.max.bytes": cap,
+                "batch.size": min(int(conf.get("batch.size", 1_000_000)), cap)}
 
     def _from_savepoint(self, plan: Plan) -> str:
         """Seed this application from ``from_savepoint`` (once: savepoints/apply.py); returns
@@ -312,6 +356,8 @@ class Application:
         for tp, batch in buckets.items():
             task = self.tasks.get(TaskId(sub_of[tp.topic], tp.partition))
             if task is None or not task.running or tp not in self._assigned:
+                if tp in self._strays and tp in self._assigned:
+                    self.processed += self._strays.process(tp, batch)
                 continue  # revoked, or restoring: it will seek to the committed offset
             n = task.process(tp, batch)
             self.processed += n
@@ -341,10 +387,12 @@ class Application:
             producer=self._collector.producer,
             produced=self._collector.count_produced, on_error=self._on_error,
             cache_max_keys=self.settings.state_cache_max_keys,
-            max_record_bytes=MAX_RECORD_BYTES,
+            max_record_bytes=self.max_record_bytes,
             clock=_now_ms, count=self.metrics.inc,
             upstream_tasks=upstream_tasks(self.compiled, st, self._plan.partitions),
             control_partitions=control_partitions(self.compiled, st, self._plan.partitions),
+            time_bounds=self._time_bounds, output_time=self._output_time, guard=self._guard,
+            control_key=self._control_key,
         )
         wiped = task.open()
         if wiped:
@@ -408,10 +456,15 @@ class Application:
         self.metrics.inc("rebalances_total")
         sub_of = self.compiled.topic_subtopology
         fresh: set[TaskId] = set()
+        planned = self._plan.partitions if self._plan is not None else {}
         for p in parts:
             tp = TopicPartition(p.topic, p.partition)
             self._assigned.add(tp)
-            tid = TaskId(sub_of[p.topic], p.partition)
+            sub = sub_of[p.topic]
+            if p.partition >= planned.get(sub, p.partition + 1):
+                self._start_stray(tp, planned[sub])
+                continue
+            tid = TaskId(sub, p.partition)
             task = self.tasks.get(tid)
             if task is None:
                 fresh.add(tid)
@@ -422,6 +475,18 @@ class Application:
         for tid in sorted(fresh):
             self._create_task(tid)
 
+    def _start_stray(self, tp: TopicPartition, planned: int) -> None:
+        """A partition beyond the plan (runtime/strays.py): from its committed offset, every
+        record is dead-lettered."""
+        consumer = self._consumer
+        assert consumer is not None
+        [c] = consumer.committed([KafkaTopicPartition(tp.topic, tp.partition)],
+                                 self._op_timeout_s)
+        self._strays.add(tp, planned, c.offset if c.offset >= 0 else None)
+        consumer.seek(KafkaTopicPartition(tp.topic, tp.partition,
+                                          c.offset if c.offset >= 0 else self._start_at(tp)))
+        consumer.resume([KafkaTopicPartition(tp.topic, tp.partition)])
+
     def _on_revoke(self, consumer: Consumer, parts: list[KafkaTopicPartition]) -> None:
         revoked = {TopicPartition(p.topic, p.partition) for p in parts}
         log.info("rebalance.revoked", partitions=[f"{p.topic}[{p.partition}]" for p in parts])
@@ -429,6 +494,7 @@ class Application:
         if self._failed is None and revoked and self._collector is not None:
             committed = self._checkpoint("revoke", recover=False)
         self._assigned -= revoked
+        self._strays.remove(revoked)
         if not committed:
             self._recover("checkpoint failed during revoke")
         for task in list(self.tasks.values()):
@@ -443,6 +509,7 @@ class Application:
         lost = {TopicPartition(p.topic, p.partition) for p in parts}
         log.warning("rebalance.lost", partitions=[f"{p.topic}[{p.partition}]" for p in parts])
         self._assigned -= lost
+        self._strays.remove(lost)
         # Another member may already own them: our uncommitted work must not be committed,
         # and it shares one transaction with every other task, so all of it goes.
         self._recover("partitions lost")
@@ -459,8 +526,12 @@ class Application:
         offsets: dict[TopicPartition, int] = {}
         for t in running:
             offsets.update(t.uncommitted_offsets())
+        offsets.update(self._strays.uncommitted_offsets())
         changes = [(t, name, recs) for t in running
                    for name, recs in t.prepare_changes().items()]
+        oversized = [e for t in running for e in t.oversized]
+        if oversized:
+            return self._state_too_large(oversized, reason, recover=recover)
         controls = [c for t in running for c in t.control_records()]
         if not offsets and not changes and not controls:
             return True
@@ -491,6 +562,7 @@ class Application:
             return False
         for t in running:
             t.mark_committed({tp: o for tp, o in offsets.items() if tp in t.next_offsets})
+        self._strays.mark_committed(offsets)
         for tp, o in offsets.items():  # committed: records before o are no longer needed
             if tp.topic in self.compiled.repartition_topics:
                 self._purgeable[(tp.topic, tp.partition)] = o
@@ -505,6 +577,22 @@ class Application:
                   changelog_records=sum(len(r) for _, _, r in changes), seconds=round(secs, 4))
         return True
 
+    def _state_too_large(self, oversized: list[tuple[TaskId, str, bytes, int]], reason: str,
+                         *, recover: bool) -> bool:
+        """State values the changelog cannot take: nothing of this interval commits; the keys
+        are guarded and the input replayed, so that the records that made them too large are
+        dead-lettered one by one (runtime/limits.py)."""
+        for tid, store, key, size in oversized:
+            self._guard.add(tid, store, key)
+            log.warning("state.value_too_large", task=str(tid), store=store, key=key[:60],
+                        size=size, max_record_bytes=self.max_record_bytes)
+        self.metrics.inc("state_values_too_large_total", len(oversized))
+        log.warning("checkpoint.failed", reason=reason, error="state values too large; "
+                    "replaying with their keys checked per record")
+        if recover:
+            self._recover("state values too large")
+        return False
+
     def _recover(self, reason: str) -> None:
         """Drop every uncommitted effect and resume all owned tasks from committed state."""
         collector, consumer = self._collector, self._consumer
@@ -517,14 +605,20 @@ class Application:
         if self._assigned:
             consumer.pause([KafkaTopicPartition(t, p) for t, p in self._assigned])
         sub_of = self.compiled.topic_subtopology
-        for tid in sorted({TaskId(sub_of[tp.topic], tp.partition) for tp in self._assigned}):
+        strays = [tp for tp in self._assigned if tp in self._strays]
+        for tid in sorted({TaskId(sub_of[tp.topic], tp.partition) for tp in self._assigned
+                           if tp not in self._strays}):
             self._create_task(tid)
+        planned = self._plan.partitions if self._plan is not None else {}
+        for tp in strays:  # from their committed offsets again, like the tasks
+            self._strays.remove({tp})
+            self._start_stray(tp, planned[sub_of[tp.topic]])
         collector.begin()
 
     # -- bad input -----------------------------------------------------------------------------
     def _on_error(self, origin: Origin, exc: BaseException, where: str) -> None:
         letter = dead_letter(origin, exc, where, self._policies, self.topology.on_error,
-                             self.metrics, _now_ms)
+                             self.metrics, _now_ms, self.max_record_bytes)
         if letter is not None:
             assert self._collector is not None
             key, value, ts, headers = letter

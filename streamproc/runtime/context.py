@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from streamproc.runtime.limits import OutputTime, TimeBounds
 from streamproc.state.store import KeyValueStore
 from streamproc.time.watermarks import TaskTime
 from streamproc.types import Origin
@@ -27,6 +28,15 @@ class TimedOperator(Protocol):
 class TaskContext(Protocol):
     partition: int
     time: TaskTime
+    time_bounds: TimeBounds  # the event timestamps sources accept
+    max_record_bytes: int  # the largest record (output, dead letter, changelog) it may write
+
+    def output_time(self, topic: str) -> OutputTime:
+        """The timestamps ``topic`` accepts (sinks dead-letter a record outside them)."""
+
+    def guarded(self, store: str) -> frozenset[bytes]:
+        """Keys of ``store`` whose value was too large at a checkpoint: operators check the
+        encoded size of their updates per record (runtime/limits.py)."""
 
     def now_ms(self) -> int:
         """The wall clock in milliseconds (simulated by the test driver)."""

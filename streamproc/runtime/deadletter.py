@@ -6,12 +6,14 @@ carries exactly the headers it would carry in production (design.md, "Bad input 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import structlog
 
 from streamproc.errors import CodecError, InfrastructureError, ProcessingFailed
 from streamproc.metrics import Metrics
+from streamproc.runtime.limits import DEFAULT_MAX_RECORD_BYTES, headers_size, record_size
 from streamproc.types import ErrorPolicy, Headers, Origin
 
 log = structlog.get_logger(__name__)
@@ -24,14 +26,20 @@ DeadLetter = tuple[bytes | None, bytes | None, int, Headers]
 DEAD_LETTER_HEADERS = frozenset({
     "streamproc.topic", "streamproc.partition", "streamproc.offset", "streamproc.timestamp",
     "streamproc.operator", "streamproc.error.type", "streamproc.error.message",
-    "streamproc.codec", "streamproc.schema.id"})
+    "streamproc.codec", "streamproc.schema.id", "streamproc.original.headers",
+    "streamproc.truncated", "streamproc.original.size", "streamproc.original.sha256"})
+# Marks a dead letter whose original headers could not be read (a name that is not UTF-8):
+# the letter keeps key and value, the headers are gone.
+UNREADABLE = b"unreadable"
 
 
 def dead_letter(origin: Origin, exc: BaseException, where: str,
                 policies: dict[str, ErrorPolicy], default: ErrorPolicy, metrics: Metrics,
-                clock: Callable[[], int]) -> DeadLetter | None:
+                clock: Callable[[], int],
+                max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> DeadLetter | None:
     """Apply the policy of the record's source topic: raise :class:`ProcessingFailed`
-    (``fail``), count and log (``skip``), or also return the dead letter to send."""
+    (``fail``), count and log (``skip``), or also return the dead letter to send (never
+    larger than ``max_bytes``: see :func:`fit`)."""
     topic = origin.topic() or ""
     partition = origin.partition()
     offset = origin.offset()
@@ -51,8 +59,12 @@ def dead_letter(origin: Origin, exc: BaseException, where: str,
     if policy != "dead_letter":
         return None
     ts = origin.timestamp()[1]
-    headers: Headers = [*(origin.headers() or []),
-                        ("streamproc.topic", topic.encode()),
+    try:
+        original: Headers = list(origin.headers() or [])
+        unreadable = False
+    except Exception:  # e.g. a header name that is not UTF-8: confluent-kafka cannot decode it
+        original, unreadable = [], True
+    headers: Headers = [("streamproc.topic", topic.encode()),
                         ("streamproc.partition", str(partition).encode()),
                         ("streamproc.offset", str(offset).encode()),
                         ("streamproc.timestamp", str(ts).encode()),
@@ -63,4 +75,47 @@ def dead_letter(origin: Origin, exc: BaseException, where: str,
         headers.append(("streamproc.codec", exc.codec.encode()))
         if exc.schema_id is not None:
             headers.append(("streamproc.schema.id", str(exc.schema_id).encode()))
-    return origin.key(), origin.value(), ts if ts > 0 else clock(), headers
+    if unreadable:
+        headers.append(("streamproc.original.headers", UNREADABLE))
+    # The original headers first (as they were), then ours.
+    key, value, headers = fit(origin.key(), origin.value(), original, headers, max_bytes)
+    if headers[-1][0] == "streamproc.original.sha256":
+        metrics.inc("dead_letters_truncated_total", topic=topic)
+        log.warning("record.dead_letter_truncated", topic=topic, partition=partition,
+                    offset=offset, max_record_bytes=max_bytes)
+    return key, value, ts if ts > 0 else clock(), headers
+
+
+def fit(key: bytes | None, value: bytes | None, original: Headers, ours: Headers,
+        max_bytes: int) -> tuple[bytes | None, bytes | None, Headers]:
+    """The dead letter's key, value and headers, cut to ``max_bytes`` when they are larger: a
+    dead letter too large to write would fail its transaction and replay the record forever.
+
+    What is cut, in order until it fits: the original headers (dropped), the value, the key
+    (each cut to what room is left). A cut letter says so: ``streamproc.truncated`` lists the
+    parts cut, ``streamproc.original.size`` is the original key + value + headers size and
+    ``streamproc.original.sha256`` the checksum of the original value, so the record can be
+    identified and recovered from its source topic while that still holds it."""
+    if record_size(key, value, original) + headers_size(ours) <= max_bytes:
+        return key, value, [*original, *ours]
+    original_size = (len(key or b"") + len(value or b"") + headers_size(original))
+    sha = hashlib.sha256(value or b"").hexdigest().encode()
+    cut: list[str] = []
+    keep = original
+    # Room for our headers, including the three added below (64 bytes of values at most).
+    marks = headers_size(ours) + headers_size([("streamproc.truncated", b"headers,value,key"),
+                                               ("streamproc.original.size", b"9" * 20),
+                                               ("streamproc.original.sha256", sha)])
+    room = max_bytes - marks - record_size(None, None)
+    if len(key or b"") + len(value or b"") + headers_size(keep) > room and keep:
+        keep = []
+        cut.append("headers")
+    if len(key or b"") + len(value or b"") > room and value:
+        value = value[:max(room - len(key or b""), 0)]
+        cut.append("value")
+    if len(key or b"") + len(value or b"") > room and key:
+        key = key[:max(room, 0)]
+        cut.append("key")
+    return key, value, [*keep, *ours, ("streamproc.truncated", ",".join(cut).encode()),
+                        ("streamproc.original.size", str(original_size).encode()),
+                        ("streamproc.original.sha256", sha)]

@@ -21,6 +21,7 @@ from typing import Any
 from streamproc.errors import NullKeyError
 from streamproc.graph.nodes import ProcessNode
 from streamproc.runtime.context import TaskContext
+from streamproc.runtime.limits import state_size_check
 from streamproc.state.store import KeyValueStore
 from streamproc.time.watermarks import TaskTime
 from streamproc.types import Emitted, Record
@@ -87,6 +88,12 @@ class KeyState:
     def _bind(self, kb: bytes) -> None:
         self._key = kb
         self._pending = self._read = KeyState._UNCHANGED
+
+    def _check(self, check: Callable[[bytes, Any], None]) -> None:
+        """Raise (before :meth:`_apply`) when the pending value is over the size limit."""
+        p = self._pending
+        if p is not KeyState._UNCHANGED and p is not KeyState._DELETE:
+            check(self._key, p)
 
     def _apply(self) -> None:
         if self._pending is KeyState._UNCHANGED:
@@ -181,6 +188,8 @@ def build_process(node: ProcessNode, down: Push, ctx: TaskContext) -> Push:
     store = ctx.store(node.store.name) if node.store is not None else None
     state = KeyState(store) if store is not None else None
     pctx = ProcessContext(state, ctx.time, ctx.now_ms)
+    guarded = ctx.guarded(node.store.name) if node.store is not None else frozenset()
+    check = state_size_check(store, ctx.max_record_bytes) if guarded else None
 
     def push(batch: list[Record]) -> None:
         out: list[Record] = []
@@ -189,8 +198,10 @@ def build_process(node: ProcessNode, down: Push, ctx: TaskContext) -> Push:
             pctx._out = []
             try:
                 if state is not None:
-                    state._bind(store_key(r))
+                    state._bind(kb := store_key(r))
                 fn(pctx, r.key, r.value)
+                if check is not None and state is not None and kb in guarded:
+                    state._check(check)  # too large: dead-lettered, state unchanged
             except Exception as exc:
                 on_error(r.origin, exc, where)
                 continue
@@ -217,6 +228,9 @@ class TimerProcess:
         self.time = ctx.time
         self.key_decode = node.key_codec.decode
         self.state = KeyState(ctx.store(node.store.name))
+        self.guarded = ctx.guarded(node.store.name)
+        self.check = (state_size_check(ctx.store(node.store.name), ctx.max_record_bytes)
+                      if self.guarded else None)
         self.timer_store: KeyValueStore = ctx.store(node.timer_store.name)
         self.service = TimerService()
         self.pctx = ProcessContext(self.state, ctx.time, ctx.now_ms, self.service)
@@ -249,6 +263,8 @@ class TimerProcess:
         state._bind(kb)
         try:
             fn(pctx, *args)
+            if self.check is not None and kb in self.guarded:
+                state._check(self.check)  # too large: dead-lettered, state unchanged
         except Exception as exc:
             self.ctx.on_error(r.origin, exc, self.where)
             return

@@ -9,9 +9,22 @@ from typing import Any
 
 from streamproc.graph.compile import SubTopology
 from streamproc.runtime.context import TimedOperator
+from streamproc.runtime.limits import (
+    UNBOUNDED,
+    OutputTime,
+    StateGuard,
+    TimeBounds,
+    record_size,
+)
 from streamproc.runtime.operators import SourcePush, build_pipeline
 from streamproc.state.store import KeyValueStore
-from streamproc.time.watermarks import CONTROL_HEADER, CONTROL_WATERMARK, TaskTime
+from streamproc.time.watermarks import (
+    CONTROL_HEADER,
+    CONTROL_MAC_HEADER,
+    CONTROL_WATERMARK,
+    TaskTime,
+    control_mac,
+)
 from streamproc.types import Origin, TaskId, TopicPartition
 
 # The key of a task's time state (watermarks) in its sub-topology's time store.
@@ -49,11 +62,18 @@ class Task:
         count: Callable[..., None],
         upstream_tasks: dict[str, int] | None = None,
         control_partitions: dict[str, int] | None = None,
+        time_bounds: TimeBounds | None = None,
+        output_time: dict[str, OutputTime] | None = None,
+        guard: StateGuard | None = None,
+        control_key: bytes = b"",
     ) -> None:
         """``upstream_tasks``: per repartition topic this task reads, how many upstream tasks
         write watermarks into it (empty: watermark propagation is off). ``control_partitions``:
         per repartition topic this task writes, its partition count (each partition gets the
-        task's watermark)."""
+        task's watermark). ``time_bounds``: the event timestamps its sources accept;
+        ``output_time``: per written topic, the timestamps it accepts; ``guard``: state keys
+        found too large at a checkpoint (checked per record from now on); ``control_key``:
+        signs and checks watermark control records."""
         self.id = task_id
         self.subtopology = subtopology
         self.partition = task_id.partition
@@ -72,6 +92,11 @@ class Task:
         self.on_error = on_error
         self._entries: dict[str, SourcePush] = {}
         self._max_record_bytes = max_record_bytes
+        self.max_record_bytes = max_record_bytes
+        self.time_bounds = time_bounds if time_bounds is not None else TimeBounds()
+        self._output_time = output_time or {}
+        self._guard = guard
+        self._control_key = control_key
         self.now_ms = clock
         self.count = count
         self.control_partitions = control_partitions or {}
@@ -80,8 +105,11 @@ class Task:
             idle_timeout_ms=subtopology.idle_timeout_ms,
             has_local=any(not s.internal or s.topics[0] not in (upstream_tasks or {})
                           for s in subtopology.sources),
-            upstream_tasks=upstream_tasks or {}, now_ms=clock())
+            upstream_tasks=upstream_tasks or {}, now_ms=clock(), control_key=control_key)
         self._timed: list[TimedOperator] = []
+        # State values prepare_changes found too large for the changelog (task, store, key,
+        # size): the checkpoint must not commit; the caller guards the keys and replays.
+        self.oversized: list[tuple[TaskId, str, bytes, int]] = []
 
     # TaskContext --------------------------------------------------------------------------
     def store(self, name: str) -> KeyValueStore:
@@ -89,6 +117,12 @@ class Task:
 
     def register_timed(self, op: TimedOperator) -> None:
         self._timed.append(op)
+
+    def output_time(self, topic: str) -> OutputTime:
+        return self._output_time.get(topic, UNBOUNDED)
+
+    def guarded(self, store: str) -> frozenset[bytes]:
+        return self._guard.keys(self.id, store) if self._guard is not None else frozenset()
 
     # lifecycle ----------------------------------------------------------------------------
     def open(self) -> list[str]:
@@ -169,7 +203,15 @@ class Task:
             snap = self.time.snapshot()
             if snap is not None:
                 self.stores[name].put(TIME_KEY, snap)
-        return {name: s.prepare() for name, s in self.stores.items() if s.dirty_count}
+        changes = {name: s.prepare() for name, s in self.stores.items() if s.dirty_count}
+        limit = self.max_record_bytes
+        for name, recs in changes.items():
+            for key, value in recs:
+                # Cheap first test: most values are far below the limit.
+                if value is not None and len(value) + len(key) > limit - 1024 and \
+                        (size := record_size(key, value)) > limit:
+                    self.oversized.append((self.id, name, key, size))
+        return changes
 
     def control_records(self) -> list[ControlRecord]:
         """This task's watermark for every partition of every repartition topic it writes (sent
@@ -179,6 +221,9 @@ class Task:
         payload = self.time.control_payload(str(self.id))
         if payload is None:
             return []
-        headers = [(CONTROL_HEADER, CONTROL_WATERMARK)]
-        return [(topic, p, payload, headers)
-                for topic, n in self.control_partitions.items() for p in range(n)]
+        out: list[ControlRecord] = []
+        for topic, n in self.control_partitions.items():
+            headers = [(CONTROL_HEADER, CONTROL_WATERMARK),
+                       (CONTROL_MAC_HEADER, control_mac(self._control_key, topic, payload))]
+            out.extend((topic, p, payload, headers) for p in range(n))
+        return out

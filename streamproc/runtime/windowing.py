@@ -13,6 +13,7 @@ same however the input was batched, which is what makes a replay after a crash r
 
 from __future__ import annotations
 
+import copy
 import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import structlog
 from streamproc.errors import NullKeyError
 from streamproc.graph.nodes import WindowNode
 from streamproc.runtime.context import TaskContext
+from streamproc.runtime.limits import state_size_check, strip_reserved
 from streamproc.state.windowed import WindowState, split_window_key, window_key
 from streamproc.time.windows import (
     END_OF_TIME,
@@ -57,6 +59,11 @@ class WindowOperator:
         self.lateness = node.allowed_lateness_ms
         self.key_decode = node.key_codec.decode
         self.where = node.name
+        # Record keys with a window value that outgrew max_record_bytes at a checkpoint: their
+        # new window states are size-checked before anything is written (runtime/limits.py).
+        self.guarded = {split_window_key(sk)[2] for sk in ctx.guarded(node.store.name)}
+        self._check = (state_size_check(self.store, ctx.max_record_bytes) if self.guarded
+                       else None)
         # store key -> (start, end, key bytes, the watermark at which it is next due)
         self.open: dict[bytes, tuple[int, int, bytes, int]] = {}
         self.due: list[tuple[int, bytes]] = []  # heap; stale entries are skipped when popped
@@ -106,8 +113,19 @@ class WindowOperator:
         return self._purge_at(start, end, st)
 
     # -- state -------------------------------------------------------------------------------------
+    def _fits(self, kb: bytes, sk: bytes, st: WindowState) -> None:
+        """Raise RecordTooLarge (nothing written yet) if a guarded key's new state is too
+        large for the changelog."""
+        if self._check is not None and kb in self.guarded:
+            self._check(sk, st)
+
     def _load(self, sk: bytes) -> WindowState | None:
         st: WindowState | None = self.store.get(sk)
+        if st is not None and self._check is not None and split_window_key(sk)[2] in \
+                self.guarded:
+            # An adder may mutate the accumulator in place: a guarded key's update works on a
+            # copy, so a record refused as too large leaves the stored state as it was.
+            st = copy.deepcopy(st)
         return st
 
     def _save(self, sk: bytes, start: int, end: int, kb: bytes, st: WindowState) -> None:
@@ -190,6 +208,8 @@ class WindowOperator:
             updates.append((sk, start, end, WindowState(
                 self.add(st.acc, value), st.count + 1, min(st.first, t), max(st.last, t),
                 st.fired or closed is False), closed is False))
+        for sk, _, _, st, _ in updates:
+            self._fits(kb, sk, st)
         for sk, start, end, st, correction in updates:
             self._save(sk, start, end, kb, st)
             self._updated(out, sk, kb, r.key, start, end, st, wm, correction)
@@ -231,9 +251,10 @@ class WindowOperator:
         acc = self.add(acc, r.value)
         merged = WindowState(acc, 1 + sum(st.count for _, st in absorbed), first, last,
                              closed is False or any(st.fired for _, st in absorbed))
-        for sk, _ in absorbed:
-            self._drop(sk)
         sk = window_key(first, last, kb)
+        self._fits(kb, sk, merged)
+        for old, _ in absorbed:
+            self._drop(old)
         self._save(sk, first, last, kb, merged)
         self.sessions.setdefault(kb, set()).add(sk)
         self._updated(out, sk, kb, r.key, first, last, merged, wm, closed is False)
@@ -252,6 +273,7 @@ class WindowOperator:
         values = [*(st.acc if st is not None else []), r.value]
         st = WindowState(values, len(values), t, t,
                          own is False or (st.fired if st is not None else False))
+        self._fits(kb, sk, st)
         times = self.times.setdefault(kb, [])
         if sk not in self.open:
             insort(times, t)
@@ -294,6 +316,7 @@ class WindowOperator:
             self._emit(out, kb, r.key, st.first, st.last, st.acc, wm)
             self._drop(sk)
             return
+        self._fits(kb, sk, st)
         self._save(sk, 0, 0, kb, st)
         if not self.final:
             self._emit(out, kb, r.key, st.first, st.last, st.acc, wm)
@@ -304,6 +327,7 @@ class WindowOperator:
         st = self._load(sk) or WindowState(self.init(), 0, t, t)
         st = WindowState(self.add(st.acc, r.value), st.count + 1, min(st.first, t),
                          max(st.last, t))
+        self._fits(kb, sk, st)
         self._save(sk, 0, 0, kb, st)
         self._updated(out, sk, kb, r.key, st.first, st.last, st.acc, wm, False)
 
@@ -320,7 +344,9 @@ class WindowOperator:
             return
         assert node.late_topic is not None
         topic = origin.topic() or ""
-        headers = [*(origin.headers() or []),
+        own = origin.headers() or []
+        clean = strip_reserved(own)
+        headers = [*(own if clean is None else clean),
                    ("streamproc.topic", topic.encode()),
                    ("streamproc.partition", str(origin.partition()).encode()),
                    ("streamproc.offset", str(origin.offset()).encode()),

@@ -34,12 +34,13 @@ from streamproc.graph.nodes import (
 )
 from streamproc.metrics import Metrics
 from streamproc.runtime.deadletter import dead_letter
+from streamproc.runtime.limits import StateGuard, TimeBounds
 from streamproc.runtime.operators import MAX_RECORD_BYTES
 from streamproc.runtime.plan import control_partitions, resolve, upstream_tasks
 from streamproc.runtime.task import Task
 from streamproc.state.windowed import WindowStateCodec, split_window_key
 from streamproc.testing.memory import Cluster, MemoryAdmin, Message
-from streamproc.time.watermarks import CONTROL_HEADER
+from streamproc.time.watermarks import CONTROL_HEADER, control_key
 from streamproc.types import Headers, Origin, TaskId, TopicPartition
 
 DRIVER_REGISTRY = "mock://streamproc-test-driver"
@@ -67,14 +68,18 @@ class TopologyTestDriver:
     ``auto_commit``: checkpoint after every ``pipe``/``advance_time`` (output visible at once);
     turn it off to choose commit points with :meth:`commit` and test crashes between them.
     ``batch_size``: how many records of a partition a task gets at once (all available when
-    None); results must not depend on it.
+    None); results must not depend on it. ``max_record_bytes``, ``min_timestamp_ms`` and
+    ``max_future_skew_ms``: the bad-input limits of the same settings (the future skew is off
+    by default: the driver's clock is simulated and usually far behind the records' times).
     """
 
     def __init__(self, topology: Topology, *, partitions: int | dict[str, int] = 1,
                  state_dir: Path | str | None = None, start_time_ms: int = 0,
                  auto_commit: bool = True, batch_size: int | None = None,
                  cache_max_keys: int = 200_000,
-                 schema_registry: str = DRIVER_REGISTRY) -> None:
+                 schema_registry: str = DRIVER_REGISTRY,
+                 max_record_bytes: int = MAX_RECORD_BYTES, min_timestamp_ms: int = 0,
+                 max_future_skew_ms: int | None = None) -> None:
         self.topology = topology
         self.compiled = compile_topology(topology)
         # Registry codecs bind to confluent-kafka's in-memory registry: tests that produce or
@@ -101,6 +106,10 @@ class TopologyTestDriver:
         self._policies = {t: self.compiled.source_node(t).on_error
                           for t in self.compiled.topic_subtopology}
         self._read_seq: dict[str, int] = {}
+        self.max_record_bytes = max_record_bytes
+        self.time_bounds = TimeBounds(min_timestamp_ms, max_future_skew_ms)
+        self.guard = StateGuard()
+        self._control_key = control_key(self.compiled.application_id)
         self._open_tasks()
 
     # -- input and time ------------------------------------------------------------------------
@@ -251,11 +260,13 @@ class TopologyTestDriver:
                     changelog_topic=lambda store: changelogs[store][1],
                     producer=lambda: (self.cluster.produce, _no_room),
                     produced=_ignore, on_error=self._on_error,
-                    cache_max_keys=self.cache_max_keys, max_record_bytes=MAX_RECORD_BYTES,
+                    cache_max_keys=self.cache_max_keys, max_record_bytes=self.max_record_bytes,
                     clock=self.now_ms, count=self.metrics.inc,
                     upstream_tasks=upstream_tasks(self.compiled, st, self.plan.partitions),
                     control_partitions=control_partitions(self.compiled, st,
                                                           self.plan.partitions),
+                    time_bounds=self.time_bounds, guard=self.guard,
+                    control_key=self._control_key,
                 )
                 task.open()
                 self._restore(task)
@@ -312,6 +323,17 @@ class TopologyTestDriver:
         for t in tasks:
             offsets.update(t.uncommitted_offsets())
         changes = [(t, name, recs) for t in tasks for name, recs in t.prepare_changes().items()]
+        oversized = [e for t in tasks for e in t.oversized]
+        if oversized:
+            # As the instance does: nothing commits, the keys are guarded, the input replays
+            # from the committed offsets and the records that made them too large fail.
+            for tid, store, key, _ in oversized:
+                self.guard.add(tid, store, key)
+            self.metrics.inc("state_values_too_large_total", len(oversized))
+            self.cluster.abort()
+            self._close_tasks()
+            self._open_tasks()
+            return True
         controls = [c for t in tasks for c in t.control_records()]
         if not offsets and not changes and not controls and not self.cluster.pending:
             return False
@@ -335,7 +357,7 @@ class TopologyTestDriver:
 
     def _on_error(self, origin: Origin, exc: BaseException, where: str) -> None:
         letter = dead_letter(origin, exc, where, self._policies, self.topology.on_error,
-                             self.metrics, self.now_ms)
+                             self.metrics, self.now_ms, self.max_record_bytes)
         if letter is not None:
             key, value, ts, headers = letter
             self.cluster.produce(self.compiled.dead_letter_topic, value, key, timestamp=ts,

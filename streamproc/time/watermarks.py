@@ -19,25 +19,88 @@ batch differently).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from bisect import bisect_right
 from typing import Any
 
 import orjson
 
+from streamproc.errors import StreamprocError
 from streamproc.time.windows import END_OF_TIME
 
 NO_WATERMARK = -(2**63)  # before the first record: nothing is late, nothing closes
 CONTROL_HEADER = "streamproc.control"  # first header of a watermark control record
 CONTROL_WATERMARK = b"watermark"
+# Second header: HMAC-SHA256 over the topic and the payload, with the application's control
+# key. A control record is taken only from a writer that has the key, i.e. a task of the same
+# application (sinks strip every streamproc.* header from user records, so a user record can
+# never reach a repartition topic looking like one).
+CONTROL_MAC_HEADER = "streamproc.control.mac"
+_TASK_ID = re.compile(r"(\d{1,9})_(\d{1,9})")
+
+
+class ControlRecordRejected(StreamprocError):
+    """A record on a repartition topic that claims to be a watermark but was not written by a
+    task of this application, or is malformed: bad input, dead-lettered, ignored for time."""
+
+
+def control_key(application_id: str, secret: bytes | None = None) -> bytes:
+    """The key control records are signed with: the shared secret when one is configured, else
+    one derived from the application id (tells this application's control records from any
+    other's and from forwarded user records; not a secret from whoever can write the topic)."""
+    if secret is not None:
+        return hashlib.sha256(b"streamproc-control-secret\0" + secret).digest()
+    return hashlib.sha256(b"streamproc-control\0" + application_id.encode()).digest()
+
+
+def control_mac(key: bytes, topic: str, payload: bytes) -> bytes:
+    return hmac.new(key, topic.encode() + b"\0" + payload, hashlib.sha256).hexdigest().encode()
+
+
+def parse_control(key: bytes, topic: str, payload: bytes, headers: list[tuple[str, Any]],
+                  upstream: int) -> tuple[str, int, bool]:
+    """(task, watermark, idle) of a genuine control record read from ``topic``, which
+    ``upstream`` tasks write; raises :class:`ControlRecordRejected` otherwise."""
+    if len(headers) != 2 or headers[0] != (CONTROL_HEADER, CONTROL_WATERMARK) or \
+            headers[1][0] != CONTROL_MAC_HEADER:
+        raise ControlRecordRejected(
+            f"record on {topic} carries {CONTROL_HEADER} but not exactly the headers of a "
+            f"watermark control record ({CONTROL_HEADER}, {CONTROL_MAC_HEADER})")
+    mac = headers[1][1]
+    if not isinstance(mac, bytes) or not hmac.compare_digest(mac, control_mac(key, topic,
+                                                                                 payload)):
+        raise ControlRecordRejected(
+            f"control record on {topic} is not signed with this application's control key "
+            "(written by another application, or forged)")
+    try:
+        msg = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ControlRecordRejected(f"control record on {topic} is not JSON: {exc}") from None
+    if not isinstance(msg, dict) or set(msg) != {"task", "watermark", "idle"}:
+        raise ControlRecordRejected(f"control record on {topic} is not a watermark object")
+    task, wm, idle = msg["task"], msg["watermark"], msg["idle"]
+    m = _TASK_ID.fullmatch(task) if isinstance(task, str) else None
+    if m is None or int(m.group(2)) >= upstream:
+        raise ControlRecordRejected(
+            f"control record on {topic} names task {task!r}, not one of the {upstream} tasks "
+            "that write it")
+    if type(wm) is not int or not NO_WATERMARK <= wm <= END_OF_TIME or type(idle) is not bool:
+        raise ControlRecordRejected(f"control record on {topic} has an invalid watermark "
+                                    f"{wm!r} or idle flag {idle!r}")
+    return task, wm, idle
 
 
 class TaskTime:
     __slots__ = ("_batch_wm", "_dirty", "_has_local", "_idle_base", "_last_input",
-                 "_marks_off", "_marks_wm", "_now", "_sent", "expected", "idle", "idle_timeout_ms",
-                 "ooo_ms", "stream_time", "upstream", "watermark")
+                 "_marks_off", "_marks_wm", "_now", "_sent", "control_key", "expected", "idle",
+                 "idle_timeout_ms", "ooo_ms", "stream_time", "upstream", "watermark")
 
     def __init__(self, *, ooo_ms: int, idle_timeout_ms: int | None, has_local: bool,
-                 upstream_tasks: dict[str, int], now_ms: int) -> None:
+                 upstream_tasks: dict[str, int], now_ms: int,
+                 control_key: bytes = b"") -> None:
+        self.control_key = control_key
         self.ooo_ms = ooo_ms
         self.idle_timeout_ms = idle_timeout_ms
         self._has_local = has_local
@@ -73,11 +136,16 @@ class TaskTime:
             self.stream_time = ts
             self._recompute(offset)
 
-    def control(self, topic: str, payload: bytes, offset: int) -> None:
-        """An upstream task's watermark control record, read from repartition topic ``topic``."""
-        msg = orjson.loads(payload)
-        key = (topic, str(msg["task"]))
-        wm, idle = int(msg["watermark"]), bool(msg["idle"])
+    def control(self, topic: str, payload: bytes, offset: int,
+                headers: list[tuple[str, Any]]) -> None:
+        """An upstream task's watermark control record, read from repartition topic ``topic``
+        (raises :class:`ControlRecordRejected` for anything that is not a genuine one)."""
+        upstream = self.expected.get(topic)
+        if upstream is None:
+            raise ControlRecordRejected(
+                f"control record on {topic}, which carries no watermarks for this task")
+        task, wm, idle = parse_control(self.control_key, topic, payload, headers, upstream)
+        key = (topic, task)
         old = self.upstream.get(key)
         # Monotonic per upstream task: after a crash an upstream may re-send a lower watermark.
         if old is not None and old[0] > wm:

@@ -239,5 +239,5 @@ def test_a_malformed_control_record_is_dead_lettered_not_a_crash(topology_driver
     assert (letter.value, letter.headers["streamproc.topic"],
             letter.headers["streamproc.offset"], letter.headers["streamproc.operator"],
             letter.headers["streamproc.error.type"]) == (
-        b"not json", topic.encode(), b"0", b"byk.source", b"JSONDecodeError")
+        b"not json", topic.encode(), b"0", b"byk.source", b"ControlRecordRejected")
     assert d.watermarks()["1_0"] == 5  # the real control record still counts

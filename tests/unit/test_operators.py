@@ -15,6 +15,7 @@ from streamproc import Topology, codecs
 from streamproc.errors import CodecError
 from streamproc.graph.compile import compile_topology
 from streamproc.runtime import operators
+from streamproc.runtime.limits import RECORD_OVERHEAD, UNBOUNDED, OutputTime, TimeBounds
 from streamproc.runtime.operators import NullKeyError, RecordTooLarge, build_pipeline
 from streamproc.state.store import KeyValueStore
 from streamproc.testing.memory import Message
@@ -41,6 +42,16 @@ class FakeContext:
         self.time = TaskTime(ooo_ms=0, idle_timeout_ms=None, has_local=True,
                              upstream_tasks={}, now_ms=self.clock)
         self.timed: list[Any] = []
+        self.time_bounds = TimeBounds(0, None)
+        self.max_record_bytes = operators.MAX_RECORD_BYTES
+        self.guards: dict[str, frozenset[bytes]] = {}
+        self.counted: list[tuple[str, int, dict[str, str]]] = []
+
+    def output_time(self, topic: str) -> OutputTime:
+        return UNBOUNDED
+
+    def guarded(self, store: str) -> frozenset[bytes]:
+        return self.guards.get(store, frozenset())
 
     def now_ms(self) -> int:
         return self.clock
@@ -49,7 +60,7 @@ class FakeContext:
         self.timed.append(op)
 
     def count(self, metric: str, n: int = 1, **labels: str) -> None:
-        pass
+        self.counted.append((metric, n, labels))
 
     def store(self, name: str) -> KeyValueStore:
         return self.stores[name]
@@ -551,25 +562,41 @@ def test_unexpected_codec_exception_is_wrapped_as_a_codec_error(harness):
 def test_oversize_output_goes_to_on_error_with_record_too_large(harness):
     t = Topology("errs")
     t.source("in", value=codecs.string()).to("out", value=codecs.string(), name="sink")
-    entries, ctx = harness(t, max_record_bytes=10)
+    limit = RECORD_OVERHEAD + 10  # the framing counts too
+    entries, ctx = harness(t, max_record_bytes=limit)
     msgs = [Msg(b"x" * 11, b""), Msg(b"x" * 10, b""), Msg(b"x" * 9, b"kk"),
             Msg(b"x" * 8, b"kk")]
     entries["in"](msgs)
     assert ctx.sent == [("out", b"", b"x" * 10, 1000, None), ("out", b"kk", b"x" * 8, 1000, None)]
     assert [(o, type(e), w) for o, e, w in ctx.errors] == [
         (msgs[0], RecordTooLarge, "sink"), (msgs[2], RecordTooLarge, "sink")]
-    assert str(ctx.errors[0][1]) == "record for out is 11 bytes (key + value), over the limit of 10"
+    assert str(ctx.errors[0][1]) == (
+        f"record for out is {limit + 1} bytes (key + value + headers + framing), over "
+        f"max_record_bytes={limit}")
+
+
+def test_headers_count_towards_the_record_size(harness):
+    t = Topology("errs")
+    t.source("in", value=codecs.string()).to("out", value=codecs.string(), name="sink")
+    limit = RECORD_OVERHEAD + 100
+    entries, ctx = harness(t, max_record_bytes=limit)
+    # 4 + 1 value, one header "h" (1 + 10 framing) with 84 bytes: 100 in all, just fits
+    fits = Msg(b"v" * 5, b"", headers=[("h", b"x" * 84)])
+    over = Msg(b"v" * 5, b"", headers=[("h", b"x" * 85)])
+    entries["in"]([fits, over])
+    assert ctx.sent == [("out", b"", b"v" * 5, 1000, [("h", b"x" * 84)])]
+    assert [(o, type(e)) for o, e, _ in ctx.errors] == [(over, RecordTooLarge)]
 
 
 def test_record_too_large_message_reports_the_size_that_was_checked(harness):
     t = Topology("errs")
     t.source("in", key=codecs.string(), value=codecs.string()).to(
         "out", key=codecs.string(), value=codecs.string())
-    entries, ctx = harness(t, max_record_bytes=10)
+    entries, ctx = harness(t, max_record_bytes=RECORD_OVERHEAD + 10)
     entries["in"]([Msg(b"x" * 8, b"kkkk")])
     ((_, exc, _),) = ctx.errors
     size = int(re.search(r"is (\d+) bytes", str(exc)).group(1))
-    assert size > 10
+    assert size == RECORD_OVERHEAD + 12
 
 
 def test_default_record_limit_is_one_megabyte():

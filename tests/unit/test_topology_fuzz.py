@@ -12,6 +12,7 @@ store) -> ``fuzz-sensor-stats`` (registry Avro) and ``fuzz-sensor-counts`` (JSON
 from __future__ import annotations
 
 import functools
+import hashlib
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,8 @@ from hypothesis import strategies as st
 
 from streamproc import Topology, codecs
 from streamproc.codecs.registry import CodecTarget, RegistryAvroCodec, RegistrySettings
+from streamproc.runtime.limits import record_size
+from streamproc.runtime.operators import MAX_RECORD_BYTES
 from streamproc.testing import TopologyTestDriver
 from streamproc.testing.driver import DRIVER_REGISTRY
 
@@ -227,7 +230,20 @@ def check(d: TopologyTestDriver, recs: list[Input]) -> None:
         rec = bad[pos]
         assert rec.letter is not None
         h = m.headers
-        assert (m.key, m.value) == (rec.key, rec.value)  # the original bytes, untouched
+        if rec.kind == "huge":
+            # Over max_record_bytes (1 MB): the dead letter keeps the start of the value and
+            # says what was cut, with the original size and checksum.
+            assert record_size(m.key, m.value, list(h.items())) <= MAX_RECORD_BYTES
+            assert m.key == rec.key and rec.value.startswith(m.value or b"")
+            assert len(m.value or b"") < len(rec.value or b"")
+            assert h["streamproc.truncated"] == b"value"
+            assert h["streamproc.original.size"] == str(
+                len(rec.key or b"") + len(rec.value or b"")).encode()
+            assert h["streamproc.original.sha256"] == hashlib.sha256(
+                rec.value or b"").hexdigest().encode()
+        else:
+            assert (m.key, m.value) == (rec.key, rec.value)  # the original bytes, untouched
+            assert "streamproc.truncated" not in h
         assert m.timestamp == rec.timestamp
         assert h["streamproc.topic"] == IN.encode()
         assert h["streamproc.timestamp"] == str(rec.timestamp).encode()
