@@ -79,3 +79,57 @@ def renamed_wordcount(app_id: str, source: str, sink: str) -> Topology:
      .count(store="word_counts")
      .to(sink, key=codecs.string(), value=codecs.json()))
     return t
+
+
+def hostile_windows() -> Topology:
+    """The hostile-input fuzzer's topology (tests/hostile.py): JSON events keyed by a string,
+    event time from the value, tagged with their key, re-keyed by group (a repartition, so
+    watermarks cross it as control records), then ``[count, sum of n]`` per group in
+    ``HOSTILE_WINDOW_MS`` tumbling windows, emit final, late records to the late topic."""
+    from streamproc import windows
+
+    t = Topology(os.environ["T_APP"])
+    (t.source(os.environ["T_IN"], key=codecs.string(), value=codecs.json(),
+              timestamp=hostile_event_time, name="events")
+     .process(hostile_tag, name="tag")
+     .group_by(hostile_group, key=codecs.string(), name="groups")
+     .window(windows.tumbling(HOSTILE_WINDOW_MS))
+     .aggregate(hostile_zero, hostile_add, store="windows", late="side_output")
+     .to(os.environ["T_OUT"], value=codecs.json()))
+    return t
+
+
+HOSTILE_WINDOW_MS = 1000
+
+
+def hostile_event_time(v: dict[str, object]) -> float:
+    """``v["ts"]``: a number, or a number written as text (``float(text)``, so ``"NaN"`` and
+    ``"inf"`` come out of here as non-finite floats); anything else raises TypeError."""
+    ts = v["ts"]
+    if isinstance(ts, str):
+        return float(ts)
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise TypeError(f"ts must be a number, got {type(ts).__name__}")
+    return ts
+
+
+def hostile_tag(ctx: object, key: str, v: dict[str, object]) -> None:
+    """The event as the aggregation needs it, with (the first 16 characters of) its key: a null
+    key is a TypeError here."""
+    n = v["n"]
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an integer, got {type(n).__name__}")
+    ctx.emit({"id": v["id"], "g": v["g"], "ts": v["ts"], "n": n,  # type: ignore[attr-defined]
+              "k": key[:16], "pad": v.get("pad", "")})
+
+
+def hostile_group(v: dict[str, object]) -> object:
+    return v["g"]
+
+
+def hostile_zero() -> list[int]:
+    return [0, 0]
+
+
+def hostile_add(acc: list[int], v: dict[str, int]) -> list[int]:
+    return [acc[0] + 1, acc[1] + v["n"]]

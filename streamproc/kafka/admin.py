@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,9 +10,10 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from streamproc.errors import StreamprocError
+from streamproc.kafka.clients import new_admin
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +27,7 @@ class TopicSpec:
 
 class TopicAdmin:
     def __init__(self, bootstrap: str, timeout_s: float = 30.0) -> None:
-        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._admin = new_admin({"bootstrap.servers": bootstrap})
         self._timeout_s = timeout_s
         self.bootstrap = bootstrap
 
@@ -49,17 +51,28 @@ class TopicAdmin:
 
         if not topics:
             return {}
-        resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
         out: dict[str, dict[str, str]] = {}
-        try:
-            futures = self._admin.describe_configs(resources,
-                                                   request_timeout=self._timeout_s)
+        deadline = time.monotonic() + self._timeout_s
+        pending = list(topics)
+        while pending:
+            resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in pending]
+            futures = self._admin.describe_configs(resources, request_timeout=self._timeout_s)
+            retry: list[str] = []
             for res, fut in futures.items():
-                entries = fut.result()
+                try:
+                    entries = fut.result()
+                except KafkaException as exc:
+                    # A topic created a moment ago may not be known to every broker yet.
+                    if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART and \
+                            time.monotonic() < deadline:
+                        retry.append(res.name)
+                        continue
+                    raise StreamprocError(f"cannot describe the configuration of topic "
+                                          f"{res.name}: {exc.args[0]}") from exc
                 out[res.name] = {k: e.value for k, e in entries.items() if e.value is not None}
-        except KafkaException as exc:
-            raise StreamprocError(f"cannot describe the configuration of topics "
-                                  f"{', '.join(topics)}: {exc.args[0]}") from exc
+            if retry:
+                time.sleep(0.2)
+            pending = retry
         return out
 
     def create(self, specs: list[TopicSpec]) -> None:

@@ -6,7 +6,12 @@ override of one of them is a configuration error instead.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from streamproc.config import Settings
 from streamproc.errors import ConfigError
@@ -89,3 +94,43 @@ def producer_config(settings: Settings, bootstrap: str, transactional_id: str | 
         conf["transactional.id"] = transactional_id
         conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
     return conf
+
+
+# -- client construction ---------------------------------------------------------------------
+# Every client the engine creates goes through these, so that librdkafka's own log lines
+# (connection failures, broker errors: "%3|...|FAIL|rdkafka#producer-1|...") reach the
+# structured log with the client's name and a level, instead of raw stderr where a log
+# collector expecting JSON lines would choke on them. confluent-kafka calls ``logger.log``
+# from the thread that polls the client, as log(level, "%s [%s] %s", facility, name, text).
+class _ClientLog(logging.Logger):
+    def __init__(self) -> None:
+        super().__init__("streamproc.kafka.client")
+        self._events = structlog.get_logger("streamproc.kafka.client")
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if len(args) == 3:
+            facility, client, text = args
+            self._events.log(level, "kafka.client_log", client=str(client),
+                          facility=str(facility), message=str(text))
+        else:
+            self._events.log(level, "kafka.client_log", message=str(msg) % args if args else msg)
+
+
+_CLIENT_LOG = _ClientLog()
+
+
+def with_logger(conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with the structured client logger (kept when the caller brought its own)."""
+    return conf if "logger" in conf else {**conf, "logger": _CLIENT_LOG}
+
+
+def new_consumer(conf: dict[str, Any]) -> Consumer:
+    return Consumer(with_logger(conf))
+
+
+def new_producer(conf: dict[str, Any]) -> Producer:
+    return Producer(with_logger(conf))
+
+
+def new_admin(conf: dict[str, Any]) -> AdminClient:
+    return AdminClient(with_logger(conf))

@@ -8,9 +8,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from streamproc.kafka.clients import new_consumer, new_producer
+from streamproc.runtime.limits import read_headers
 from streamproc.types import Headers
 
 
@@ -38,7 +40,7 @@ def produce_timed(bootstrap: str, topic: str,
     """Produce (key, value, timestamp, partition) records idempotently and wait for all
     acknowledgements. A None timestamp is the send time (event-time data sets its own
     CreateTime); a None partition is the key's under murmur2, Kafka's Java default."""
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+    p = new_producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
                   "partitioner": "murmur2_random"})
     n = 0
     for key, value, ts, partition in records:
@@ -57,7 +59,7 @@ def produce_timed(bootstrap: str, topic: str,
 
 def committed_offsets(bootstrap: str, group: str, topic: str,
                       timeout_s: float = 10.0) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+    c = new_consumer({"bootstrap.servers": bootstrap, "group.id": group,
                   "enable.auto.commit": False})
     try:
         parts = c.list_topics(topic, timeout=timeout_s).topics[topic].partitions
@@ -88,7 +90,7 @@ def drain(consumer: Consumer, partitions: Iterable[int], topic: str, *,
 
 def header_list(m: Any) -> list[tuple[str, bytes | None]]:
     """A message's headers in order, values as bytes (the client may give str or a dict)."""
-    got = m.headers() or []
+    got = read_headers(m) or []  # raises (never crashes) on a name that is not UTF-8
     raw = list(got.items()) if isinstance(got, dict) else got
     return [(k, v if isinstance(v, bytes | None) else str(v).encode()) for k, v in raw]
 
@@ -96,7 +98,7 @@ def header_list(m: Any) -> list[tuple[str, bytes | None]]:
 def read_all(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
              isolation: str = "read_committed") -> list[ReadRecord]:
     """Every record of ``topic`` from the beginning to its current end (per partition)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+    c = new_consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
                   "isolation.level": isolation, "enable.auto.commit": False,
                   "enable.partition.eof": True, "auto.offset.reset": "earliest"})
     try:
@@ -115,7 +117,7 @@ def pending_records(bootstrap: str, group: str, topic: str, timeout_s: float = 3
     Offsets alone cannot tell: under exactly-once the log ends in transaction markers, so a
     fully processed partition has committed offset < end offset.
     """
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+    c = new_consumer({"bootstrap.servers": bootstrap, "group.id": group,
                   "isolation.level": "read_committed", "enable.auto.commit": False,
                   "enable.partition.eof": True, "auto.offset.reset": "earliest"})
     try:

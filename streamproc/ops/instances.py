@@ -36,6 +36,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
+from streamproc.kafka.clients import new_consumer, new_producer
 from streamproc.types import TaskId
 
 log = structlog.get_logger(__name__)
@@ -187,12 +188,12 @@ class InstanceRegistry:
 
     def start(self, admin: TopicAdmin) -> None:
         admin.create([TopicSpec(self.topic, 1, INSTANCES_CONFIG)])
-        self._producer = Producer({
+        self._producer = new_producer({
             **self._producer_extra, "bootstrap.servers": self._bootstrap,
             "client.id": f"{self.app_id}-{self.instance}-registry",
             # Idempotent, not transactional: entries are not part of any checkpoint.
             "enable.idempotence": True, "linger.ms": 0})
-        self._consumer = Consumer({
+        self._consumer = new_consumer({
             **self._consumer_extra, "bootstrap.servers": self._bootstrap,
             "client.id": f"{self.app_id}-{self.instance}-registry",
             # Assigned, never subscribed and never committed: librdkafka wants a group id.

@@ -29,7 +29,12 @@ from streamproc.errors import ProcessingFailed, TransactionAborted
 from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import CompiledTopology, compile_topology
 from streamproc.kafka.admin import TopicAdmin
-from streamproc.kafka.clients import consumer_config, producer_config, restore_consumer_config
+from streamproc.kafka.clients import (
+    consumer_config,
+    new_consumer,
+    producer_config,
+    restore_consumer_config,
+)
 from streamproc.metrics import Metrics
 from streamproc.ops.monitor import InstanceMonitor
 from streamproc.runtime import faults
@@ -176,11 +181,11 @@ class Application:
             cconf["partition.assignment.strategy"] = "range"
         if str(cconf.get("auto.offset.reset")) in ("latest", "largest", "end"):
             self._reset_to = OFFSET_END
-        self._consumer = Consumer(cconf)
+        self._consumer = new_consumer(cconf)
         if s.until is not None or s.from_datetime is not None:
             self._bounded = Bounded(self, self._consumer)
         self._restorer = Restorer(restore_consumer_config(s, self.bootstrap, self.app_id),
-                                  s.restore_batch_size)
+                                  s.restore_batch_size, consumer=new_consumer)
         topics = list(self.compiled.topic_subtopology)
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)

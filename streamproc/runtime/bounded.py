@@ -65,6 +65,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from streamproc.config import parse_instant
 from streamproc.errors import TopologyError
+from streamproc.kafka.clients import new_admin
 from streamproc.time.windows import END_OF_TIME
 from streamproc.types import TaskId, TopicPartition
 
@@ -328,7 +329,7 @@ class Bounded:
         """Last stable offsets, asked through an admin client: the consumer's own connection is
         busy with long-polling fetches (up to ``fetch.wait.max.ms`` per query)."""
         if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": self.app.bootstrap})
+            self._admin = new_admin({"bootstrap.servers": self.app.bootstrap})
         futures = self._admin.list_offsets(
             {_ktp(tp): OffsetSpec.latest() for tp in tps},  # type: ignore[no-untyped-call]
             isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout_s)

@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.errors import TransactionAborted
+from streamproc.kafka.clients import new_producer
 from streamproc.runtime import faults
 from streamproc.types import Headers, TopicPartition
 
@@ -41,7 +42,7 @@ class Collector:
     def _new_producer(self) -> Producer:
         # The default delivery callback only records failures; changelog records carry their
         # own (it tracks their offsets).
-        return Producer({**self._make_config(), "on_delivery": self._on_delivery})
+        return new_producer({**self._make_config(), "on_delivery": self._on_delivery})
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init(self) -> None:

@@ -13,7 +13,14 @@ import structlog
 
 from streamproc.errors import CodecError, InfrastructureError, ProcessingFailed
 from streamproc.metrics import Metrics
-from streamproc.runtime.limits import DEFAULT_MAX_RECORD_BYTES, headers_size, record_size
+from streamproc.runtime.limits import (
+    DEFAULT_MAX_RECORD_BYTES,
+    headers_bytes,
+    headers_size,
+    read_headers,
+    record_size,
+    strip_reserved,
+)
 from streamproc.types import ErrorPolicy, Headers, Origin
 
 log = structlog.get_logger(__name__)
@@ -60,10 +67,15 @@ def dead_letter(origin: Origin, exc: BaseException, where: str,
         return None
     ts = origin.timestamp()[1]
     try:
-        original: Headers = list(origin.headers() or [])
+        original: Headers = list(read_headers(origin) or [])
         unreadable = False
     except Exception:  # e.g. a header name that is not UTF-8: confluent-kafka cannot decode it
         original, unreadable = [], True
+    # Reserved names in the original are not ours: a reader of the dead letter must find each
+    # streamproc.* header once, with the engine's value.
+    clean = strip_reserved(original)
+    if clean is not None:
+        original = clean
     headers: Headers = [("streamproc.topic", topic.encode()),
                         ("streamproc.partition", str(partition).encode()),
                         ("streamproc.offset", str(offset).encode()),
@@ -91,14 +103,15 @@ def fit(key: bytes | None, value: bytes | None, original: Headers, ours: Headers
     """The dead letter's key, value and headers, cut to ``max_bytes`` when they are larger: a
     dead letter too large to write would fail its transaction and replay the record forever.
 
-    What is cut, in order until it fits: the original headers (dropped), the value, the key
-    (each cut to what room is left). A cut letter says so: ``streamproc.truncated`` lists the
-    parts cut, ``streamproc.original.size`` is the original key + value + headers size and
-    ``streamproc.original.sha256`` the checksum of the original value, so the record can be
+    What is cut, in order until it fits: the original headers (dropped, when they leave no
+    room even for the key), the value, the key (each cut to what room is left). A cut letter
+    says so: ``streamproc.truncated`` lists the parts cut, ``streamproc.original.size`` is the
+    original key + value + header names and values in bytes and ``streamproc.original.sha256``
+    the checksum of the original value, so that the record can be
     identified and recovered from its source topic while that still holds it."""
     if record_size(key, value, original) + headers_size(ours) <= max_bytes:
         return key, value, [*original, *ours]
-    original_size = (len(key or b"") + len(value or b"") + headers_size(original))
+    original_size = len(key or b"") + len(value or b"") + headers_bytes(original)
     sha = hashlib.sha256(value or b"").hexdigest().encode()
     cut: list[str] = []
     keep = original
@@ -107,14 +120,15 @@ def fit(key: bytes | None, value: bytes | None, original: Headers, ours: Headers
                                                ("streamproc.original.size", b"9" * 20),
                                                ("streamproc.original.sha256", sha)])
     room = max_bytes - marks - record_size(None, None)
-    if len(key or b"") + len(value or b"") + headers_size(keep) > room and keep:
-        keep = []
+    hsize = headers_size(keep)
+    if len(key or b"") + hsize > room and keep:  # the headers alone leave no room
+        keep, hsize = [], 0
         cut.append("headers")
-    if len(key or b"") + len(value or b"") > room and value:
-        value = value[:max(room - len(key or b""), 0)]
+    if len(key or b"") + len(value or b"") + hsize > room and value:
+        value = value[:max(room - len(key or b"") - hsize, 0)]
         cut.append("value")
-    if len(key or b"") + len(value or b"") > room and key:
-        key = key[:max(room, 0)]
+    if len(key or b"") + len(value or b"") + hsize > room and key:
+        key = key[:max(room - hsize - len(value or b""), 0)]
         cut.append("key")
     return key, value, [*keep, *ours, ("streamproc.truncated", ",".join(cut).encode()),
                         ("streamproc.original.size", str(original_size).encode()),

@@ -21,6 +21,7 @@ as it was before that record.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,51 @@ class HeaderError(StreamprocError):
     """A record's headers cannot be read (e.g. a header name that is not UTF-8)."""
 
 
+# Reads a consumed message's headers so that a failure is an exception here and nowhere else.
+# confluent-kafka (2.16) builds the header list with a NULL name when a name is not UTF-8 and
+# returns it *with the error set*: called as ``m.headers()`` from a specialized call site the
+# error surfaces later in unrelated code, and the message keeps the broken list, so a second
+# call crashes the process. Through methodcaller the result is checked and raises at once; a
+# message whose headers failed is then only ever handled through :class:`Unreadable`.
+read_headers = operator.methodcaller("headers")
+
+
+class Unreadable:
+    """A consumed message whose headers cannot be read: everything but the headers."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, m: Any) -> None:
+        self._m = m
+
+    def topic(self) -> str | None:
+        t: str | None = self._m.topic()
+        return t
+
+    def partition(self) -> int | None:
+        p: int | None = self._m.partition()
+        return p
+
+    def offset(self) -> int | None:
+        o: int | None = self._m.offset()
+        return o
+
+    def key(self) -> bytes | None:
+        k: bytes | None = self._m.key()
+        return k
+
+    def value(self) -> bytes | None:
+        v: bytes | None = self._m.value()
+        return v
+
+    def timestamp(self) -> tuple[int, int]:
+        t: tuple[int, int] = self._m.timestamp()
+        return t
+
+    def headers(self) -> Headers | None:
+        raise HeaderError("the record's headers cannot be read")
+
+
 class UnexpectedPartition(StreamprocError):
     """A record on a partition the application's plan has no task for (partitions were added to
     a source topic while the application ran): its stateful task has no changelog partition."""
@@ -66,6 +112,16 @@ class StateTooLarge(StreamprocError):
         super().__init__(f"{len(entries)} state value(s) over max_record_bytes={limit}, first: "
                          f"store {first[1]!r} task {first[0]} key {first[2][:60]!r} "
                          f"({first[3]} bytes)")
+
+
+def headers_bytes(headers: Headers | None) -> int:
+    """The bytes of the header names and values alone (no framing)."""
+    n = 0
+    for name, value in headers or ():
+        n += len(name.encode("utf-8", "surrogateescape"))
+        if value is not None:
+            n += len(value.encode() if isinstance(value, str) else value)
+    return n
 
 
 def headers_size(headers: Headers | None) -> int:
@@ -132,11 +188,10 @@ def to_timestamp(raw: Any, bounds: TimeBounds) -> int:
     path: the sources inline the common case (an int in range)."""
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise bounds.problem(raw)
-    if isinstance(raw, float):
-        if not math.isfinite(raw):
-            raise bounds.problem(raw)
-        raw = int(raw)
-    if not bounds.low <= raw <= bounds.high:
+    # The range check comes first, on the value as given (-0.5 is before 1970, whatever
+    # int() would make of it).
+    if (isinstance(raw, float) and not math.isfinite(raw)) or \
+            not bounds.low <= raw <= bounds.high:
         raise bounds.problem(raw)
     return int(raw)
 

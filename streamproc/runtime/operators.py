@@ -43,6 +43,8 @@ from streamproc.runtime.limits import (
     HeaderError,
     RecordTooLarge,
     TimestampOutOfRange,
+    Unreadable,
+    read_headers,
     record_size,
     state_size_check,
     strip_reserved,
@@ -153,6 +155,13 @@ def _source(node: SourceNode, down: Push, ctx: TaskContext) -> SourcePush:
         now = ctx.now_ms()
         high = bounds.at(now)
         for m in msgs:
+            # Headers first (limits.read_headers): a record whose headers cannot be read is
+            # dead-lettered before any operator changed state for it.
+            try:
+                read_headers(m)
+            except Exception as exc:
+                on_error(Unreadable(m), HeaderError(f"headers cannot be read: {exc}"), where)
+                continue
             try:
                 raw = m.value()
                 value = vfast(raw) if vfast is not None and raw is not None else vdec(raw)
@@ -208,18 +217,17 @@ def _timed_source(node: SourceNode, topic: str, down: Push, ctx: TaskContext, *,
         top = bounds.at(now)
         high, high_off = time.stream_time, -1
         for m in msgs:
-            if internal:
+            try:
+                headers = read_headers(m)  # limits.read_headers: before anything else
+            except Exception as exc:
+                on_error(Unreadable(m), HeaderError(f"headers cannot be read: {exc}"), where)
+                continue
+            if internal and headers and headers[0][0] == CONTROL_HEADER:
                 try:
-                    headers = m.headers()
-                except Exception as exc:  # unreadable: not written by a streamproc task
-                    on_error(m, HeaderError(f"headers cannot be read: {exc}"), where)
-                    continue
-                if headers and headers[0][0] == CONTROL_HEADER:
-                    try:
-                        time.control(topic, m.value() or b"", m.offset() or 0, headers)
-                    except Exception as exc:  # not written by a streamproc task: bad input
-                        on_error(m, exc, where)
-                    continue
+                    time.control(topic, m.value() or b"", m.offset() or 0, headers)
+                except Exception as exc:  # not written by a streamproc task: bad input
+                    on_error(m, exc, where)
+                continue
             try:
                 raw = m.value()
                 value = vfast(raw) if vfast is not None and raw is not None else vdec(raw)
@@ -426,6 +434,9 @@ def _sink(node: SinkNode | RepartitionNode, ctx: TaskContext, max_bytes: int) ->
     kenc, venc = node.key_codec.encode, node.value_codec.encode
     kfast, vfast = fast_encoder(node.key_codec), fast_encoder(node.value_codec)
     topic, where, on_error = node.topic, node.name, ctx.on_error
+    # A record re-keyed to None would reach the downstream keyed operator with the repartition
+    # topic's coordinates: refuse it here, where it still names the record that was consumed.
+    keyed = isinstance(node, RepartitionNode)
     # Room for the payload once the framing is counted (limits.record_size, inlined).
     budget = max_bytes - RECORD_OVERHEAD
     count = ctx.count
@@ -446,6 +457,8 @@ def _sink(node: SinkNode | RepartitionNode, ctx: TaskContext, max_bytes: int) ->
                         f"({out_time}; now {ctx.now_ms()})")
                 k = r.key
                 k = kfast(k) if kfast is not None and k is not None else kenc(k)
+                if k is None and keyed:
+                    raise NullKeyError(f"the new key is null; {topic} needs a key")
                 v = r.value
                 v = vfast(v) if vfast is not None and v is not None else venc(v)
                 # Headers travel with the record; reading them may fail (a name that is not
@@ -527,7 +540,8 @@ def _encode_error(exc: Exception, r: Record, kenc: Callable[[Any], Any],
                   venc: Callable[[Any], Any], where: str) -> Exception:
     """What a failed output record is reported as: the codec's own error, never a raw
     TypeError from a fast path."""
-    if isinstance(exc, CodecError | RecordTooLarge | HeaderError | TimestampOutOfRange):
+    if isinstance(exc, CodecError | RecordTooLarge | HeaderError | TimestampOutOfRange |
+                  NullKeyError):
         return exc
     for enc, obj in ((kenc, r.key), (venc, r.value)):
         try:
