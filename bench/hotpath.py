@@ -36,6 +36,11 @@ from streamproc.runtime.operators import build_pipeline
 from streamproc.state.store import KeyValueStore
 from streamproc.time.watermarks import TaskTime
 
+try:  # before #15 the engine had no limits: the same benchmark runs on both (before/after)
+    from streamproc.runtime.limits import OutputTime, TimeBounds
+except ImportError:
+    OutputTime = TimeBounds = None  # type: ignore[assignment,misc]
+
 
 class Context:
     """The TaskContext the operators run against. Output goes through the engine's real
@@ -59,6 +64,16 @@ class Context:
         self.time = TaskTime(ooo_ms=0, idle_timeout_ms=None, has_local=True,
                              upstream_tasks={}, now_ms=0)
         self.timed: list[Any] = []
+        # Bad-input limits (runtime/limits.py), as an instance has them: the same checks run.
+        if TimeBounds is not None:
+            self.time_bounds = TimeBounds(0, 86_400_000)
+            self.max_record_bytes = 1_000_000
+
+    def output_time(self, topic: str) -> Any:
+        return OutputTime()
+
+    def guarded(self, store: str) -> frozenset[bytes]:
+        return frozenset()
 
     def store(self, name: str) -> KeyValueStore:
         return self.stores[name]

@@ -13,17 +13,20 @@ from typing import Any, Literal
 
 import pydantic
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import SettingsConfigDict, SettingsError
 
 from streamproc.codecs.registry import RegistrySettings
+from streamproc.connection import ConnectionSettings
 from streamproc.errors import ConfigError
+from streamproc.names import name_problem
 from streamproc.types import ProcessingGuarantee
 
 ENV_PREFIX = "STREAMPROC_"
 
 
-class Settings(BaseSettings):
-    """Everything an instance needs besides its topology."""
+class Settings(ConnectionSettings):
+    """Everything an instance needs besides its topology (the Kafka connection settings come
+    from :class:`~streamproc.connection.ConnectionSettings`)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
@@ -129,6 +132,15 @@ class Settings(BaseSettings):
     def _brokers_not_blank(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("must not be empty")
+        return v
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, v: str | None) -> str | None:
+        # It becomes the transactional.id and group.instance.id suffix: the names' rules.
+        problem = None if v is None else name_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("schema_registry_url")

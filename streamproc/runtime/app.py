@@ -46,7 +46,9 @@ from streamproc.runtime.limits import (
     OutputTime,
     StateGuard,
     TimeBounds,
+    sized,
     write_limits,
+    written_topics,
 )
 from streamproc.runtime.plan import (
     Plan,
@@ -110,6 +112,7 @@ class Application:
         self._strays = StrayPartitions(self._on_error, self.metrics.inc)
         self.processed = 0
         self.checkpoints = 0
+        self._started = True  # False once a start failed: nothing to fence or commit
         self.ops = InstanceMonitor(self)  # status, /metrics, the HTTP server (streamproc/ops)
 
     # -- public -------------------------------------------------------------------------------
@@ -118,8 +121,16 @@ class Application:
         self._stop = True
 
     def run(self) -> int:
-        """Run until :meth:`stop`; returns the process exit code (0 clean, 1 failed)."""
-        self._start()
+        """Run until :meth:`stop`; returns the process exit code (0 clean, 1 failed). A start
+        that fails (bad configuration, a refused savepoint, no cluster) raises, after releasing
+        what it had taken (the state dir lock, the clients)."""
+        try:
+            self._start()
+        except BaseException as exc:
+            self._failed = exc
+            self._started = False
+            self._shutdown()
+            raise
         try:
             self._loop()
         except ProcessingFailed as exc:
@@ -170,8 +181,9 @@ class Application:
         instance = self._statedir.instance_id(s.instance_id)
         txid = f"{self.app_id}-{instance}" if self._eos else None
         self._collector = Collector(
-            lambda: self.ops.producer_config(self._sized(
-                producer_config(s, self.bootstrap, txid, f"{self.app_id}-{instance}"))),
+            lambda: self.ops.producer_config(sized(
+                producer_config(s, self.bootstrap, txid, f"{self.app_id}-{instance}"),
+                self.max_record_bytes)),
             transactional=self._eos, op_timeout_s=self._op_timeout_s)
         self._collector.offset_metadata = marker
         self._collector.init()
@@ -201,26 +213,15 @@ class Application:
         topic this instance writes (a record over either would fail its whole transaction at
         the broker, and the replay would fail the same way: a crash loop)."""
         assert self._admin is not None
-        c = self.compiled
-        written = sorted({*c.sink_topics, *c.repartition_topics,
-                          *(t for _, t in c.changelog_topics.values()), c.dead_letter_topic,
-                          *c.late_topics})
-        client_max = int(self.settings.producer_config.get("message.max.bytes",
-                                                           DEFAULT_MAX_RECORD_BYTES))
         self.max_record_bytes, self._output_time = write_limits(
-            self._admin.configs(written), self.settings.max_record_bytes, client_max)
+            self._admin.configs(written_topics(self.compiled)), self.settings.max_record_bytes,
+            int(self.settings.producer_config.get("message.max.bytes",
+                                                  DEFAULT_MAX_RECORD_BYTES)))
         log.info("instance.limits", max_record_bytes=self.max_record_bytes,
                  min_timestamp_ms=self.settings.min_timestamp_ms,
                  max_future_skew_ms=self.settings.max_future_skew_ms,
                  output_timestamp_limits={t: [o.before_ms, o.after_ms]
                                           for t, o in self._output_time.items()})
-
-    def _sized(self, conf: dict[str, Any]) -> dict[str, Any]:
-        """The producer never builds a batch larger than the smallest topic limit (a batch of
-        small records over it would be refused whole)."""
-        cap = max(self.max_record_bytes, 1000)
-        return {**conf, "message.max.bytes": cap,
-                "batch.size": min(int(conf.get("batch.size", 1_000_000)), cap)}
 
     def _from_savepoint(self, plan: Plan) -> str:
         """Seed this application from ``from_savepoint`` (once: savepoints/apply.py); returns
@@ -243,7 +244,7 @@ class Application:
         consumer, collector = self._consumer, self._collector
         if self._failed is None and collector is not None and consumer is not None:
             self._checkpoint("shutdown")
-        if self._failed is not None and collector is not None and self._eos:
+        if self._failed is not None and collector is not None and self._eos and self._started:
             collector.reset()  # fences and aborts the open transaction: nothing past it commits
         if consumer is not None:
             consumer.close()  # revokes: the callback closes the tasks
@@ -481,16 +482,8 @@ class Application:
             self._create_task(tid)
 
     def _start_stray(self, tp: TopicPartition, planned: int) -> None:
-        """A partition beyond the plan (runtime/strays.py): from its committed offset, every
-        record is dead-lettered."""
-        consumer = self._consumer
-        assert consumer is not None
-        [c] = consumer.committed([KafkaTopicPartition(tp.topic, tp.partition)],
-                                 self._op_timeout_s)
-        self._strays.add(tp, planned, c.offset if c.offset >= 0 else None)
-        consumer.seek(KafkaTopicPartition(tp.topic, tp.partition,
-                                          c.offset if c.offset >= 0 else self._start_at(tp)))
-        consumer.resume([KafkaTopicPartition(tp.topic, tp.partition)])
+        assert self._consumer is not None
+        self._strays.start(self._consumer, tp, planned, self._start_at(tp), self._op_timeout_s)
 
     def _on_revoke(self, consumer: Consumer, parts: list[KafkaTopicPartition]) -> None:
         revoked = {TopicPartition(p.topic, p.partition) for p in parts}

@@ -254,6 +254,22 @@ def write_limits(configs: dict[str, dict[str, str]], setting: int | None,
     return (setting if setting is not None else smallest), times
 
 
+def written_topics(compiled: Any) -> list[str]:
+    """Every topic an instance of ``compiled`` writes to."""
+    c = compiled
+    return sorted({*c.sink_topics, *c.repartition_topics,
+                   *(t for _, t in c.changelog_topics.values()), c.dead_letter_topic,
+                   *c.late_topics})
+
+
+def sized(conf: dict[str, Any], max_record_bytes: int) -> dict[str, Any]:
+    """A producer config that never builds a batch over the smallest topic limit (a batch of
+    small records over it would be refused whole, failing its transaction)."""
+    cap = max(max_record_bytes, 1000)
+    return {**conf, "message.max.bytes": cap,
+            "batch.size": min(int(conf.get("batch.size", 1_000_000)), cap)}
+
+
 def state_size_check(store: Any, max_bytes: int) -> Any:
     """A function ``check(key, value)`` raising RecordTooLarge when ``store``'s changelog record
     for that value would be over ``max_bytes`` (for the guarded keys of an operator)."""

@@ -47,6 +47,17 @@ class StrayPartitions:
                   "new partition count (a stateful application must be reset: its changelogs "
                   "have one partition per task)")
 
+    def start(self, consumer: Any, tp: TopicPartition, planned: int, start_at: int,
+              timeout_s: float) -> None:
+        """Take ``tp`` on from its committed offset (``start_at`` without one), resumed."""
+        from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+        [c] = consumer.committed([KafkaTopicPartition(tp.topic, tp.partition)], timeout_s)
+        self.add(tp, planned, c.offset if c.offset >= 0 else None)
+        consumer.seek(KafkaTopicPartition(tp.topic, tp.partition,
+                                          c.offset if c.offset >= 0 else start_at))
+        consumer.resume([KafkaTopicPartition(tp.topic, tp.partition)])
+
     def remove(self, tps: set[TopicPartition]) -> None:
         for tp in tps:
             self._planned.pop(tp, None)

@@ -31,13 +31,17 @@ from typing import Any
 import orjson
 import rocksdict
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streamproc.errors import InfrastructureError
 from streamproc.graph.compile import CompiledTopology
-from streamproc.kafka.io import drain, header_list
+from streamproc.kafka.clients import new_admin, new_consumer
+from streamproc.kafka.io import header_list
+from streamproc.names import name_problem, topic_problem
 from streamproc.ops.reset import active_members
+from streamproc.progress import Progress, Stalled
 from streamproc.runtime.task import TIME_KEY
 from streamproc.savepoints.format import (
     FileInfo,
@@ -55,28 +59,73 @@ from streamproc.savepoints.format import (
     write_records,
 )
 from streamproc.savepoints.topology import fingerprint, strip_app
+from streamproc.time.watermarks import CONTROL_HEADER
 from streamproc.types import TaskId
 
 log = structlog.get_logger(__name__)
 
+_BATCH = 10_000
+# Per partition of every topic read: how many offsets are left before its end.
+Left = dict[tuple[str, int], int]
+
+
 def create(bootstrap: str, compiled: CompiledTopology, to: Path, *, topology_name: str,
-           wait_stopped_s: float = 30.0, timeout_s: float = 60.0) -> Savepoint:
-    """Take a savepoint of the stopped application ``compiled`` describes into ``to``."""
+           wait_stopped_s: float = 30.0, timeout_s: float = 30.0, stall_s: float = 60.0,
+           progress_every_s: float = 5.0) -> Savepoint:
+    """Take a savepoint of the stopped application ``compiled`` describes into ``to``.
+
+    Reading the changelogs has no fixed deadline, since a large state takes as long as it
+    takes: it fails (:class:`Stalled`) only when no record arrives for ``stall_s`` seconds,
+    and logs ``savepoint.create.progress`` every ``progress_every_s``. ``timeout_s`` bounds
+    each single request to the cluster."""
+    _check_names(compiled)
+    try:
+        return _create(bootstrap, compiled, to, topology_name=topology_name,
+                       wait_stopped_s=wait_stopped_s, timeout_s=timeout_s, stall_s=stall_s,
+                       progress_every_s=progress_every_s)
+    except (KafkaException, TimeoutError) as exc:  # a request the cluster did not answer
+        reason = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
+        raise InfrastructureError(f"savepoint create of {compiled.application_id!r}: the "
+                                  f"cluster did not answer: {reason}") from None
+
+
+def _check_names(compiled: CompiledTopology) -> None:
+    """Store and repartition names become directories of the savepoint: the topology should
+    have refused a bad one already, but a savepoint must never be written outside its root."""
     app = compiled.application_id
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for st in compiled.subtopologies:
+        for spec in st.stores:
+            problem = name_problem(spec.name)
+            if problem is not None:
+                raise SavepointError(f"cannot take a savepoint of {app!r}: store name {problem}")
+    for topic in compiled.repartition_topics:
+        problem = topic_problem(strip_app(app, topic))  # refuses "", "." and ".." too
+        if problem is not None:
+            raise SavepointError(f"cannot take a savepoint of {app!r}: repartition topic "
+                                 f"{topic!r} cannot name a directory")
+
+
+def _create(bootstrap: str, compiled: CompiledTopology, to: Path, *, topology_name: str,
+            wait_stopped_s: float, timeout_s: float, stall_s: float,
+            progress_every_s: float) -> Savepoint:
+    app = compiled.application_id
+    admin = new_admin({"bootstrap.servers": bootstrap})
     _wait_stopped(admin, app, wait_stopped_s)
     meta = admin.list_topics(timeout=timeout_s).topics
     tasks = _tasks(compiled, meta)
     tmp = fresh_dir(to)
     try:
-        reader = Consumer({
+        reader = new_consumer({
             "bootstrap.servers": bootstrap, "group.id": app, "enable.auto.commit": False,
             "isolation.level": "read_committed", "enable.partition.eof": True,
             "auto.offset.reset": "earliest"})
         try:
             offsets = _committed(reader, compiled, meta, timeout_s)
-            stores, watermarks = _stores(reader, compiled, meta, tmp, timeout_s)
-            inflight = _inflight(reader, compiled, meta, offsets, tmp, timeout_s)
+            ends, left = _ends(reader, compiled, meta, offsets, timeout_s)
+            progress = Progress("savepoint.create", total=sum(left.values()),
+                                every_s=progress_every_s, stall_s=stall_s, app=app)
+            stores, watermarks = _stores(reader, compiled, meta, tmp, progress, ends, left)
+            inflight = _inflight(reader, compiled, meta, offsets, tmp, progress, ends, left)
             if _committed(reader, compiled, meta, timeout_s) != offsets or \
                     active_members(admin, app, timeout_s):
                 raise SavepointError(f"application {app!r} started while the savepoint was "
@@ -95,6 +144,7 @@ def create(bootstrap: str, compiled: CompiledTopology, to: Path, *, topology_nam
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    progress.done()
     log.info("savepoint.created", app=app, path=str(to), id=manifest.id,
              stores=len(stores), keys=sum(s.keys for s in stores.values()),
              inflight_records=sum(i.records for i in inflight.values()))
@@ -138,8 +188,64 @@ def _committed(reader: Consumer, compiled: CompiledTopology, meta: dict[str, Any
     return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in got}
 
 
+def _ends(reader: Consumer, compiled: CompiledTopology, meta: dict[str, Any],
+          offsets: dict[tuple[str, int], int | None], timeout_s: float) -> tuple[Left, Left]:
+    """The end offset of every partition to read, and how many offsets lie before it (the
+    progress lines' total: an upper bound on the records, as compaction and transaction
+    markers leave gaps)."""
+    ends: Left = {}
+    left: Left = {}
+    changelogs = [t for _, t in compiled.changelog_topics.values()]
+    for topic in [*changelogs, *compiled.repartition_topics]:
+        for p in _partitions(meta, topic):
+            low, high = reader.get_watermark_offsets(KafkaTopicPartition(topic, p), timeout_s)
+            start = offsets.get((topic, p))
+            ends[(topic, p)] = high
+            left[(topic, p)] = max(high - (low if start is None else max(start, low)), 0)
+    return ends, left
+
+
+def _drain(reader: Any, topic: str, parts: list[int], progress: Progress, ends: Left,
+           left: Left) -> Iterator[Any]:
+    """The records of the assigned ``parts`` of ``topic`` up to each one's end (the consumer
+    has ``enable.partition.eof``). No fixed deadline: a large topic takes as long as it takes,
+    and only a read that gets nowhere for the stall timeout fails, with :class:`Stalled`."""
+    pending = set(parts)
+    problem: Any = None
+    while pending:
+        n = nbytes = 0
+        last: dict[int, int] = {}
+        reached: list[int] = []
+        for m in reader.consume(_BATCH, 0.5):
+            err = m.error()
+            if err is None:
+                n += 1
+                nbytes += len(m.key() or b"") + len(m.value() or b"")
+                last[m.partition()] = m.offset()
+                yield m
+            elif err.code() == KafkaError._PARTITION_EOF:
+                pending.discard(m.partition())
+                reached.append(m.partition())
+            else:
+                problem = err  # librdkafka retries; named if the read then stalls
+        for p, offset in last.items():
+            left[(topic, p)] = max(ends.get((topic, p), 0) - offset - 1, 0)
+        for p in reached:  # after the offsets: compaction gaps may lie before the end
+            left[(topic, p)] = 0
+        progress.set_total(progress.records + n + sum(left.values()))
+        try:
+            progress.advance(n, nbytes)
+        except Stalled as exc:
+            raise Stalled(
+                f"{exc}: {topic} partitions {sorted(pending)} did not reach their end (an open "
+                "transaction keeps read_committed readers from it: is an instance still "
+                f"running?{f' Last error: {problem}.' if problem is not None else ''} "
+                "--stall-timeout sets how long to wait)") from None
+
+
 def _stores(reader: Consumer, compiled: CompiledTopology, meta: dict[str, Any], tmp: Path,
-            timeout_s: float) -> tuple[dict[str, StoreInfo], dict[str, dict[str, Any]]]:
+            progress: Progress, ends: Left,
+            left: Left) -> tuple[dict[str, StoreInfo], dict[str, dict[str, Any]]]:
     stores: dict[str, StoreInfo] = {}
     watermarks: dict[str, dict[str, Any]] = {}
     for st in compiled.subtopologies:
@@ -148,8 +254,11 @@ def _stores(reader: Consumer, compiled: CompiledTopology, meta: dict[str, Any], 
             parts = _partitions(meta, changelog)
             files: dict[int, FileInfo] = {}
             if parts:
-                files = _read_changelog(reader, changelog, parts, tmp / ".work" / spec.name,
-                                        tmp, spec.name, timeout_s)
+                reader.assign([KafkaTopicPartition(changelog, p, OFFSET_BEGINNING)
+                               for p in parts])
+                files = _read_changelog(_drain(reader, changelog, parts, progress, ends, left),
+                                        parts, tmp / ".work" / spec.name, tmp, spec.name)
+                reader.unassign()
             info = stores[spec.name] = StoreInfo(
                 subtopology=st.id, codec=spec.value_codec.name,
                 changelog=strip_app(compiled.application_id, changelog),
@@ -170,8 +279,8 @@ def _time_records(tmp: Path, store: str, partition: int) -> Iterator[bytes]:
             yield r.value
 
 
-def _read_changelog(reader: Consumer, topic: str, parts: list[int], work: Path, tmp: Path,
-                    store: str, timeout_s: float) -> dict[int, FileInfo]:
+def _read_changelog(messages: Iterator[Any], parts: list[int], work: Path, tmp: Path,
+                    store: str) -> dict[int, FileInfo]:
     """Replay a compacted changelog into a scratch RocksDB per partition (so the last value of
     each key wins and tombstones delete, whatever the state's size), then write each sorted."""
     dbs: dict[int, rocksdict.Rdict] = {}
@@ -180,8 +289,7 @@ def _read_changelog(reader: Consumer, topic: str, parts: list[int], work: Path, 
         opts.create_if_missing(True)
         dbs[p] = rocksdict.Rdict(str(work / str(p)), options=opts)
     try:
-        reader.assign([KafkaTopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        for m in drain(reader, parts, topic, timeout_s=timeout_s):
+        for m in messages:
             key = m.key()
             if key is None:
                 continue
@@ -191,7 +299,6 @@ def _read_changelog(reader: Consumer, topic: str, parts: list[int], work: Path, 
                 db.delete(key)
             else:
                 db[key] = value
-        reader.unassign()
         return {p: write_records(store_file(tmp, store, p),
                                  (SavedRecord(_raw(k), _raw(v)) for k, v in db.items()))
                 for p, db in dbs.items()}
@@ -206,8 +313,8 @@ def _raw(x: object) -> bytes:
 
 
 def _inflight(reader: Consumer, compiled: CompiledTopology, meta: dict[str, Any],
-              offsets: dict[tuple[str, int], int | None], tmp: Path,
-              timeout_s: float) -> dict[str, InflightInfo]:
+              offsets: dict[tuple[str, int], int | None], tmp: Path, progress: Progress,
+              ends: Left, left: Left) -> dict[str, InflightInfo]:
     out: dict[str, InflightInfo] = {}
     for topic in compiled.repartition_topics:
         parts = _partitions(meta, topic)
@@ -221,12 +328,17 @@ def _inflight(reader: Consumer, compiled: CompiledTopology, meta: dict[str, Any]
         got: dict[int, list[SavedRecord]] = {p: [] for p in parts}
         first: dict[int, int] = {}
         last: dict[int, int] = {}
-        for m in drain(reader, parts, topic, timeout_s=timeout_s):
+        for m in _drain(reader, topic, parts, progress, ends, left):
             p = m.partition()
             first.setdefault(p, m.offset())
             last[p] = m.offset()
-            got[p].append(SavedRecord(m.key(), m.value(), m.timestamp()[1],
-                                      tuple(header_list(m))))
+            headers = tuple(header_list(m))
+            if headers and headers[0][0] == CONTROL_HEADER:
+                # A watermark control record is not data: the watermarks are saved from the
+                # time stores, and its signature names this application's topic, so a copy
+                # written into another application's topic would be refused as forged.
+                continue
+            got[p].append(SavedRecord(m.key(), m.value(), m.timestamp()[1], headers))
         reader.unassign()
         for p in parts:
             start = first.get(p, starts[p] or 0)

@@ -6,222 +6,98 @@ A savepoint is a directory::
     stores/{store}/{partition}.records   the store's committed content, sorted by key
     inflight/{topic}/{partition}.records repartition records written but not yet consumed
 
-Both kinds of ``.records`` file are the same framing: a magic line, then per record a fixed
-header (key length, value length, timestamp, header count; -1 for a null key or value) and the
-bytes. Plain files rather than RocksDB directories: a savepoint is written once, copied around,
-checked against the manifest's SHA-256 and read sequentially; it never needs point updates.
-Keys and values are the bytes the stores and changelogs hold, so a savepoint does not depend on
-the codecs it was written with; decoding is the reader's choice (:meth:`StoreReader.items`).
+Both kinds of ``.records`` file are the same framing (records.py). Keys and values are the
+bytes the stores and changelogs hold, so a savepoint does not depend on the codecs it was
+written with; decoding is the reader's choice (:meth:`StoreReader.items`).
+
+A savepoint directory is input someone hands us: :meth:`Savepoint.open` checks every field of
+the manifest (manifest.py) and that every file it lists resolves to a regular file inside the
+directory, of the listed size, so that no name, ``..`` or symlink makes a reader (or
+:meth:`Savepoint.rewrite`) touch anything outside it. Each file is resolved and checked again
+when it is read, and opened without following a symlink.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import struct
+import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import orjson
+from typing import Any, BinaryIO
 
 from streamproc.codecs.base import Codec
-from streamproc.errors import StreamprocError
+from streamproc.names import name_problem
+from streamproc.savepoints.manifest import (
+    FORMAT,
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    VERSION,
+    FileInfo,
+    InflightInfo,
+    Manifest,
+    SavepointError,
+    StoreInfo,
+    parse_manifest,
+    show,
+)
+from streamproc.savepoints.records import (
+    SavedRecord,
+    open_regular,
+    read_records,
+    scan,
+    sha256_of,
+    write_records,
+)
 
-FORMAT = "streamproc-savepoint"
-VERSION = 1
-MANIFEST = "manifest.json"
-_MAGIC = b"streamproc-records 1\n"
-_HEAD = struct.Struct(">iiqH")  # key length, value length (-1: null), timestamp, header count
-_HEADER = struct.Struct(">Hi")  # header name length, value length (-1: null)
-_CHUNK = 1 << 20
+__all__ = ["FORMAT", "MANIFEST", "VERSION", "FileInfo", "InflightInfo", "Manifest",
+           "SavedRecord", "Savepoint", "SavepointError", "StoreInfo", "StoreReader",
+           "fresh_dir", "inflight_file", "publish", "read_records", "store_file",
+           "write_records"]
 
-
-class SavepointError(StreamprocError):
-    """A savepoint cannot be read, or does not fit the application that would start from it."""
-
-
-@dataclass(frozen=True)
-class SavedRecord:
-    key: bytes | None
-    value: bytes | None
-    timestamp: int = 0
-    headers: tuple[tuple[str, bytes | None], ...] = ()
-
-
-@dataclass
-class FileInfo:
-    """One ``.records`` file as the manifest lists it."""
-
-    records: int
-    bytes: int
-    sha256: str
-
-
-@dataclass
-class StoreInfo:
-    subtopology: int
-    codec: str  # the value codec's name when the savepoint was taken (informational)
-    changelog: str
-    partitions: int
-    time_store: bool = False
-    files: dict[int, FileInfo] = field(default_factory=dict)
-
-    @property
-    def keys(self) -> int:
-        return sum(f.records for f in self.files.values())
-
-
-@dataclass
-class InflightInfo:
-    """Records of a repartition topic past the group's committed offset, per partition."""
-
-    partitions: int
-    # partition -> [first offset copied, end offset] of the original topic
-    ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
-    files: dict[int, FileInfo] = field(default_factory=dict)
-
-    @property
-    def records(self) -> int:
-        return sum(f.records for f in self.files.values())
-
-
-@dataclass
-class Manifest:
-    id: str
-    application_id: str
-    topology: str  # how it was named on the command line (module or module:attr)
-    fingerprint: str  # SHA-256 of the compiled graph with the application id taken out
-    created_at_ms: int
-    # sub-topology id -> number of tasks
-    tasks: dict[int, int]
-    # source topic -> partition -> committed offset (None: the group had none)
-    source_offsets: dict[str, dict[int, int | None]]
-    stores: dict[str, StoreInfo]
-    # repartition topic, named without the "{application_id}-" prefix -> its in-flight records
-    inflight: dict[str, InflightInfo]
-    # task id ("{subtopology}_{partition}") -> its time state (watermark, stream time, idle)
-    watermarks: dict[str, dict[str, Any]]
-    format: str = FORMAT
-    version: int = VERSION
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
-                            | orjson.OPT_SORT_KEYS)
-
-    @classmethod
-    def from_json(cls, raw: bytes, where: Path) -> Manifest:
-        try:
-            d = orjson.loads(raw)
-            if d.get("format") != FORMAT:
-                raise SavepointError(f"{where} is not a streamproc savepoint manifest")
-            if d.get("version") != VERSION:
-                raise SavepointError(f"{where}: savepoint format version {d.get('version')} is "
-                                     f"not supported (this streamproc reads version {VERSION})")
-
-            def files(raw_files: dict[str, Any]) -> dict[int, FileInfo]:
-                return {int(p): FileInfo(**f) for p, f in raw_files.items()}
-
-            return cls(
-                id=d["id"], application_id=d["application_id"], topology=d["topology"],
-                fingerprint=d["fingerprint"], created_at_ms=int(d["created_at_ms"]),
-                tasks={int(k): int(v) for k, v in d["tasks"].items()},
-                source_offsets={t: {int(p): o for p, o in parts.items()}
-                                for t, parts in d["source_offsets"].items()},
-                stores={name: StoreInfo(**{**s, "files": files(s["files"])})
-                        for name, s in d["stores"].items()},
-                inflight={name: InflightInfo(
-                    partitions=i["partitions"],
-                    ranges={int(p): (int(r[0]), int(r[1])) for p, r in i["ranges"].items()},
-                    files=files(i["files"])) for name, i in d["inflight"].items()},
-                watermarks=d["watermarks"])
-        except SavepointError:
-            raise
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SavepointError(f"{where} is not a valid savepoint manifest: "
-                                 f"{type(exc).__name__}: {exc}") from None
-
-
-# -- record files ----------------------------------------------------------------------------
-def write_records(path: Path, records: Iterable[SavedRecord]) -> FileInfo:
-    """Write ``records`` to ``path``; returns their count, size and checksum."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    n = 0
-    with open(path, "wb") as f:
-        def out(data: bytes) -> None:
-            digest.update(data)
-            f.write(data)
-
-        out(_MAGIC)
-        for r in records:
-            parts = [_HEAD.pack(-1 if r.key is None else len(r.key),
-                                -1 if r.value is None else len(r.value), r.timestamp,
-                                len(r.headers)), r.key or b"", r.value or b""]
-            for name, value in r.headers:
-                encoded = name.encode()
-                parts += [_HEADER.pack(len(encoded), -1 if value is None else len(value)),
-                          encoded, value or b""]
-            out(b"".join(parts))
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    return FileInfo(records=n, bytes=path.stat().st_size, sha256=digest.hexdigest())
-
-
-def read_records(path: Path) -> Iterator[SavedRecord]:
-    """The records of a ``.records`` file, in order (the checksum is :func:`verify`'s job)."""
-    with open(path, "rb") as f:
-        if f.read(len(_MAGIC)) != _MAGIC:
-            raise SavepointError(f"{path} is not a savepoint records file")
-
-        def take(n: int) -> bytes:
-            data = f.read(n)
-            if len(data) != n:
-                raise SavepointError(f"{path} is truncated")
-            return data
-
-        while head := f.read(_HEAD.size):
-            if len(head) != _HEAD.size:
-                raise SavepointError(f"{path} is truncated")
-            klen, vlen, ts, nheaders = _HEAD.unpack(head)
-            key = None if klen < 0 else take(klen)
-            value = None if vlen < 0 else take(vlen)
-            headers = []
-            for _ in range(nheaders):
-                nlen, hlen = _HEADER.unpack(take(_HEADER.size))
-                name = take(nlen).decode()
-                headers.append((name, None if hlen < 0 else take(hlen)))
-            yield SavedRecord(key, value, ts, tuple(headers))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+_STORES, _INFLIGHT = "stores", "inflight"
 
 
 def store_file(root: Path, store: str, partition: int) -> Path:
-    return root / "stores" / store / f"{partition}.records"
+    return root / _STORES / store / f"{partition}.records"
 
 
 def inflight_file(root: Path, topic: str, partition: int) -> Path:
-    return root / "inflight" / topic / f"{partition}.records"
+    return root / _INFLIGHT / topic / f"{partition}.records"
+
+
+def _resolved(root: Path) -> Path:
+    try:
+        return root.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SavepointError(f"cannot read the savepoint at {root}: {reason} "
+                             f"({root / MANIFEST})") from None
+
+
+def _inside(root: Path, real_root: Path, rel: Path) -> tuple[Path, Path]:
+    """``root / rel`` as it is named in messages, and resolved: it must stay under the real
+    ``root`` whatever symlinks lie on the way (inside the savepoint or pointing out of it)."""
+    label = root / rel
+    try:
+        real = label.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise SavepointError(f"savepoint file {label} cannot be resolved: {exc}") from None
+    if not real.is_relative_to(real_root):
+        raise SavepointError(f"savepoint file {label} resolves to {real}, outside the "
+                             f"savepoint {root}")
+    return label, real
 
 
 # -- reading ---------------------------------------------------------------------------------
 class StoreReader:
     """One store of a savepoint. Keys and values are raw bytes unless codecs are given."""
 
-    def __init__(self, root: Path, name: str, info: StoreInfo) -> None:
+    def __init__(self, savepoint: Savepoint, name: str, info: StoreInfo) -> None:
         self.name = name
         self.info = info
-        self._root = root
+        self._sp = savepoint
 
     @property
     def partitions(self) -> list[int]:
@@ -233,9 +109,9 @@ class StoreReader:
         by key bytes), decoded with ``key`` / ``value`` when given."""
         for p in self.partitions if partition is None else [partition]:
             if p not in self.info.files:
-                raise SavepointError(f"store {self.name!r} has no partition {p} "
+                raise SavepointError(f"store {self.name!r} has no partition {show(p)} "
                                      f"(it has {self.partitions})")
-            for r in read_records(store_file(self._root, self.name, p)):
+            for r in self._sp._records(_STORES, self.name, p, self.info.files[p]):
                 yield (r.key if key is None else key.decode(r.key),
                        r.value if value is None else value.decode(r.value))
 
@@ -253,16 +129,31 @@ class Savepoint:
     def __init__(self, root: Path, manifest: Manifest) -> None:
         self.root = root
         self.manifest = manifest
+        self._real_root = _resolved(root)
 
     @classmethod
     def open(cls, path: str | Path) -> Savepoint:
+        """The savepoint at ``path``, its manifest and its files' places and sizes checked
+        (:meth:`verify` checks their content)."""
         root = Path(path)
+        real_root = _resolved(root)
+        if not real_root.is_dir():
+            raise SavepointError(f"cannot read the savepoint at {root}: not a directory")
+        label, real = _inside(root, real_root, Path(MANIFEST))
         try:
-            raw = (root / MANIFEST).read_bytes()
+            f, size = open_regular(real, label, nofollow=True)
         except OSError as exc:
-            raise SavepointError(f"cannot read the savepoint at {root}: {exc.strerror or exc} "
-                                 f"({root / MANIFEST})") from None
-        return cls(root, Manifest.from_json(raw, root / MANIFEST))
+            raise SavepointError(f"cannot read the savepoint at {root}: "
+                                 f"{exc.strerror or exc} ({label})") from None
+        with f:
+            if size > MAX_MANIFEST_BYTES:
+                raise SavepointError(f"{label} is {size} bytes, more than a savepoint manifest "
+                                     f"may have ({MAX_MANIFEST_BYTES})")
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        sp = cls(root, parse_manifest(raw, label))
+        for kind, name, p, info in sp._files():
+            sp._check(kind, name, p, info)
+        return sp
 
     @property
     def stores(self) -> list[str]:
@@ -271,27 +162,106 @@ class Savepoint:
     def store(self, name: str) -> StoreReader:
         info = self.manifest.stores.get(name)
         if info is None:
-            raise SavepointError(f"the savepoint has no store {name!r} (it has {self.stores})")
-        return StoreReader(self.root, name, info)
+            raise SavepointError(f"the savepoint has no store {show(name)} (it has "
+                                 f"{self.stores})")
+        return StoreReader(self, name, info)
 
     def inflight(self, topic: str, partition: int) -> Iterator[SavedRecord]:
         """The in-flight records of a repartition topic (named without the app id prefix)."""
-        return read_records(inflight_file(self.root, topic, partition))
+        info = self.manifest.inflight.get(topic)
+        if info is None:
+            raise SavepointError(f"the savepoint has no in-flight records of {show(topic)} (it "
+                                 f"has {sorted(self.manifest.inflight)})")
+        if partition not in info.files:
+            raise SavepointError(f"in-flight records of {topic!r} have no partition "
+                                 f"{show(partition)} (they have {sorted(info.files)})")
+        return self._records(_INFLIGHT, topic, partition, info.files[partition])
 
     def verify(self) -> None:
-        """Check every file against the manifest (count, size, SHA-256)."""
-        m = self.manifest
-        expected = [(store_file(self.root, n, p), f) for n, s in m.stores.items()
-                    for p, f in s.files.items()]
-        expected += [(inflight_file(self.root, t, p), f) for t, i in m.inflight.items()
-                     for p, f in i.files.items()]
-        for path, info in expected:
-            if not path.exists():
-                raise SavepointError(f"savepoint file {path} is missing")
-            if path.stat().st_size != info.bytes or _sha256(path) != info.sha256:
-                raise SavepointError(f"savepoint file {path} does not match its checksum in "
-                                     "the manifest (corrupt or modified)")
+        """Check every file against the manifest: size, SHA-256, and that it is a well-formed
+        records file holding the listed number of records (a checksum proves only that the
+        file is the one the manifest describes, not that the manifest describes a valid one)."""
+        for kind, name, p, info in self._files():
+            label, f = self._open(kind, name, p, info)
+            with f:
+                # The checksum first, in large chunks: a corrupt file is reported as corrupt
+                # rather than by whichever length field the damage hit. Then the structure,
+                # from the same open file (so it cannot be swapped in between).
+                if sha256_of(f) != info.sha256:
+                    raise SavepointError(f"savepoint file {label} does not match its checksum "
+                                         "in the manifest (corrupt or modified)")
+                f.seek(0)
+                for _ in scan(f, label, info.bytes, store=kind == _STORES,
+                              records=info.records):
+                    pass
 
+    # -- files ---------------------------------------------------------------------------------
+    def _files(self) -> Iterator[tuple[str, str, int, FileInfo]]:
+        m = self.manifest
+        for name, s in sorted(m.stores.items()):
+            for p, f in sorted(s.files.items()):
+                yield _STORES, name, p, f
+        for topic, i in sorted(m.inflight.items()):
+            for p, f in sorted(i.files.items()):
+                yield _INFLIGHT, topic, p, f
+
+    def _locate(self, kind: str, name: str, partition: int) -> tuple[Path, Path]:
+        return _inside(self.root, self._real_root, Path(kind, name, f"{partition}.records"))
+
+    def _check(self, kind: str, name: str, partition: int, info: FileInfo) -> None:
+        label, real = self._locate(kind, name, partition)
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            raise SavepointError(f"savepoint file {label} is missing") from None
+        except OSError as exc:
+            raise SavepointError(f"cannot read savepoint file {label}: "
+                                 f"{exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise SavepointError(f"savepoint file {label} is not a regular file")
+        if st.st_size != info.bytes:
+            raise self._size(label, st.st_size, info)
+
+    @staticmethod
+    def _size(label: Path, size: int, info: FileInfo) -> SavepointError:
+        return SavepointError(f"savepoint file {label} is {size} bytes, the manifest lists "
+                              f"{info.bytes} (truncated or modified)")
+
+    def _open(self, kind: str, name: str, partition: int,
+              info: FileInfo) -> tuple[Path, BinaryIO]:
+        label, real = self._locate(kind, name, partition)  # again: it may have changed
+        try:
+            f, size = open_regular(real, label, nofollow=True)
+        except FileNotFoundError:
+            raise SavepointError(f"savepoint file {label} is missing") from None
+        except OSError as exc:
+            raise SavepointError(f"cannot read savepoint file {label}: "
+                                 f"{exc.strerror or exc}") from None
+        if size != info.bytes:
+            f.close()
+            raise self._size(label, size, info)
+        return label, f
+
+    def _records(self, kind: str, name: str, partition: int,
+                 info: FileInfo) -> Iterator[SavedRecord]:
+        # Checked now, so that a bad file fails the call; opened only when iterated, so that
+        # an iterator never started holds no file open.
+        self._check(kind, name, partition, info)
+
+        def records() -> Iterator[SavedRecord]:
+            label, f = self._open(kind, name, partition, info)
+            with f:
+                yield from scan(f, label, info.bytes, store=kind == _STORES,
+                                records=info.records)
+
+        return records()
+
+    def _copy(self, kind: str, name: str, partition: int, info: FileInfo, dest: Path) -> None:
+        _label, f = self._open(kind, name, partition, info)
+        with f, open(dest, "wb") as out:
+            shutil.copyfileobj(f, out)
+
+    # -- rewriting -------------------------------------------------------------------------------
     def rewrite(self, to: str | Path, *, drop: Iterable[str] = (),
                 rename: dict[str, str] | None = None,
                 transform: dict[str, Callable[[bytes, bytes], bytes | None]] | None = None,
@@ -300,50 +270,73 @@ class Savepoint:
         (old -> new name), and each value of a store in ``transform`` replaced by
         ``fn(key, value)`` (raw bytes; return None to delete the key). The offsets, in-flight
         records and watermarks are kept; the copy gets a new id. A migration between versions
-        of a topology: decode with the old codec, change, encode with the new one."""
+        of a topology: decode with the old codec, change, encode with the new one.
+
+        This savepoint is verified first: a copy must not turn a corrupt file into one with a
+        valid checksum."""
+        if isinstance(drop, str | bytes):
+            raise SavepointError(f"rewrite: drop must be a list of store names, not the string "
+                                 f"{show(drop)}")
         dropped, renames, fns = set(drop), dict(rename or {}), dict(transform or {})
-        unknown = sorted((dropped | set(renames) | set(fns)) - set(self.manifest.stores))
+        unknown = sorted((dropped | set(renames) | set(fns)) - set(self.manifest.stores),
+                         key=repr)
         if unknown:
-            raise SavepointError(f"rewrite names stores the savepoint does not have: {unknown} "
-                                 f"(it has {self.stores})")
+            raise SavepointError(f"rewrite names stores the savepoint does not have: "
+                                 f"[{', '.join(map(show, unknown))}] (it has {self.stores})")
+        for old, new in sorted(renames.items()):
+            problem = name_problem(new)
+            if problem is not None:
+                raise SavepointError(f"rewrite: cannot rename store {old!r}: the new name "
+                                     f"{problem}")
         names = [renames.get(n, n) for n in self.manifest.stores if n not in dropped]
         if len(names) != len(set(names)):
             raise SavepointError(f"rewrite would give two stores one name: {sorted(names)}")
+        self.verify()
         target = Path(to)
         tmp = fresh_dir(target)
-        stores: dict[str, StoreInfo] = {}
-        for name, info in self.manifest.stores.items():
-            if name in dropped:
-                continue
-            new = renames.get(name, name)
-            fn = fns.get(name)
-            files = {}
-            for p in sorted(info.files):
-                records = read_records(store_file(self.root, name, p))
-                if fn is not None:
-                    records = _transformed(records, fn)
-                files[p] = write_records(store_file(tmp, new, p), records)
-            stores[new] = StoreInfo(info.subtopology, info.codec, info.changelog,
-                                    info.partitions, info.time_store, files)
-        for topic, inflight in self.manifest.inflight.items():
-            for p in inflight.files:
-                dest = inflight_file(tmp, topic, p)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(inflight_file(self.root, topic, p), dest)
-        m = self.manifest
-        manifest = Manifest(
-            id=uuid.uuid4().hex, application_id=m.application_id, topology=m.topology,
-            fingerprint=m.fingerprint, created_at_ms=m.created_at_ms, tasks=dict(m.tasks),
-            source_offsets=m.source_offsets, stores=stores, inflight=m.inflight,
-            watermarks=m.watermarks)
-        return publish(tmp, target, manifest)
+        real_tmp = tmp.resolve()
+        try:
+            stores: dict[str, StoreInfo] = {}
+            for name, info in self.manifest.stores.items():
+                if name in dropped:
+                    continue
+                new = renames.get(name, name)
+                fn = fns.get(name)
+                files = {}
+                for p in sorted(info.files):
+                    records = self._records(_STORES, name, p, info.files[p])
+                    if fn is not None:
+                        records = _transformed(records, fn, name)
+                    _, dest = _inside(tmp, real_tmp, Path(_STORES, new, f"{p}.records"))
+                    files[p] = write_records(dest, records)
+                stores[new] = StoreInfo(info.subtopology, info.codec, info.changelog,
+                                        info.partitions, info.time_store, files)
+            for topic, inflight in self.manifest.inflight.items():
+                for p, f in inflight.files.items():
+                    _, dest = _inside(tmp, real_tmp, Path(_INFLIGHT, topic, f"{p}.records"))
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self._copy(_INFLIGHT, topic, p, f, dest)
+            m = self.manifest
+            manifest = Manifest(
+                id=uuid.uuid4().hex, application_id=m.application_id, topology=m.topology,
+                fingerprint=m.fingerprint, created_at_ms=m.created_at_ms, tasks=dict(m.tasks),
+                source_offsets=m.source_offsets, stores=stores, inflight=m.inflight,
+                watermarks=m.watermarks)
+            return publish(tmp, target, manifest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # no half-written copy beside the target
+            raise
 
 
-def _transformed(records: Iterator[SavedRecord],
-                 fn: Callable[[bytes, bytes], bytes | None]) -> Iterator[SavedRecord]:
+def _transformed(records: Iterator[SavedRecord], fn: Callable[[bytes, bytes], bytes | None],
+                 store: str) -> Iterator[SavedRecord]:
     for r in records:
-        assert r.key is not None and r.value is not None  # store files hold live keys only
+        assert r.key is not None and r.value is not None  # scan(store=True) refuses nulls
         value = fn(r.key, r.value)
+        if value is not None and not isinstance(value, bytes):
+            raise SavepointError(f"rewrite: the transform of store {store!r} returned "
+                                 f"{type(value).__name__} for key {show(r.key)}; it must return "
+                                 "bytes, or None to delete the key")
         if value is not None:
             yield SavedRecord(r.key, value)
 
@@ -351,6 +344,8 @@ def _transformed(records: Iterator[SavedRecord],
 def fresh_dir(target: Path) -> Path:
     """The temporary directory a savepoint is built in beside ``target``, which must not hold
     anything yet: an existing savepoint is never overwritten."""
+    if target.name in ("", ".", ".."):
+        raise SavepointError(f"{target} cannot be a savepoint directory: name a new directory")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise SavepointError(f"{target} already exists and is not empty: savepoints are never "
                              "overwritten; choose a new directory")

@@ -11,6 +11,8 @@ Runs are bounded (``until=end``), so each ends by itself after committing everyt
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -150,6 +152,27 @@ def test_refusals_name_the_problem_and_drop_is_explicit(kafka: str, tmp_path: Pa
     assert same.returncode == 2
     assert "it already has state" in same.stderr and f"streamproc reset --app {app}" in \
         same.stderr
+
+    # A savepoint whose store file is a symlink out of it (the same bytes, so only the place is
+    # wrong): refused in one line by inspect and by a start, no traceback, nothing written.
+    hostile = tmp_path / "hostile"
+    shutil.copytree(sp_dir, hostile)
+    secret = tmp_path / "secret.records"
+    bad = hostile / "stores" / "counts" / "0.records"
+    bad.rename(secret)
+    bad.symlink_to(secret)
+    refusal = (f"savepoint file {bad} resolves to {secret}, outside the savepoint {hostile}")
+    inspected = cli(kafka, "savepoint", "inspect", str(hostile))
+    assert (inspected.returncode, inspected.stdout, inspected.stderr) == (
+        2, "", f"streamproc: savepoint inspect: {refusal}\n")
+    started = cli(kafka, "run", "topologies.wordcount:build", "--param", f"app_id={u}-c",
+                  "--param", f"source={source}", "--param", f"sink={sink}",
+                  "--from-savepoint", str(hostile), **env)
+    assert started.returncode == 2
+    last = json.loads(started.stderr.splitlines()[-1])  # the run logs JSON lines
+    assert (last["event"], last["error"]) == ("start.failed", refusal)
+    assert "Traceback" not in started.stderr
+    assert io.committed_offsets(kafka, f"{u}-c", source) == {0: -1001, 1: -1001}
 
     # Told to drop the store: the new version starts with an empty store of its own.
     dropped = cli(kafka, *renamed_b, "--savepoint-drop", "counts", **env)
