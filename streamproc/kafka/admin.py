@@ -26,8 +26,12 @@ class TopicSpec:
 
 
 class TopicAdmin:
-    def __init__(self, bootstrap: str, timeout_s: float = 30.0) -> None:
-        self._admin = new_admin({"bootstrap.servers": bootstrap})
+    def __init__(self, bootstrap: str, timeout_s: float = 30.0,
+                 client_config: dict[str, Any] | None = None) -> None:
+        """``client_config``: the connection (streamproc.connection.kafka_connection); without
+        it, plaintext to ``bootstrap``."""
+        self._admin = new_admin(client_config if client_config is not None
+                                else {"bootstrap.servers": bootstrap})
         self._timeout_s = timeout_s
         self.bootstrap = bootstrap
 

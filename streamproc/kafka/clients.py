@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from streamproc.config import Settings
+from streamproc.connection import CONNECTION_KEYS, kafka_connection
 from streamproc.errors import ConfigError
 
 # Keys the engine must own: overriding them would void exactly-once or the rebalance protocol.
@@ -26,6 +27,11 @@ def _check_overrides(extra: dict[str, str], reserved: set[str], setting: str) ->
     bad = sorted(reserved & set(extra))
     if bad:
         raise ConfigError(setting, f"{', '.join(bad)} is managed by streamproc and cannot be set")
+    owned = sorted(CONNECTION_KEYS & set(extra))
+    if owned:
+        raise ConfigError(setting, f"{', '.join(owned)}: set the connection settings "
+                          "(security_protocol, sasl_*, ssl_*) instead, so that every client "
+                          "connects the same way")
 
 
 def consumer_config(settings: Settings, bootstrap: str, group_id: str,
@@ -34,8 +40,8 @@ def consumer_config(settings: Settings, bootstrap: str, group_id: str,
     static = ({"group.instance.id": f"{group_id}-{instance_id}"}
               if settings.static_membership else {})
     return {
+        **kafka_connection(settings, bootstrap),
         **static,
-        "bootstrap.servers": bootstrap,
         "client.id": f"{group_id}-consumer",
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.session_timeout_ms,
@@ -55,7 +61,7 @@ def consumer_config(settings: Settings, bootstrap: str, group_id: str,
 
 def restore_consumer_config(settings: Settings, bootstrap: str, group_id: str) -> dict[str, Any]:
     return {
-        "bootstrap.servers": bootstrap,
+        **kafka_connection(settings, bootstrap),
         "client.id": f"{group_id}-restore",
         # Never subscribed and never committed: the group id only satisfies librdkafka.
         "group.id": f"{group_id}-restore",
@@ -78,7 +84,7 @@ def producer_config(settings: Settings, bootstrap: str, transactional_id: str | 
                     client_id: str) -> dict[str, Any]:
     _check_overrides(settings.producer_config, _RESERVED_PRODUCER, "producer_config")
     conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **kafka_connection(settings, bootstrap),
         "client.id": client_id,
         "linger.ms": 5,
         "batch.num.messages": 10000,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,14 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from streamproc.kafka.clients import new_consumer, new_producer
 from streamproc.runtime.limits import read_headers
 from streamproc.types import Headers
+
+# Where the helpers connect: a bootstrap address (plaintext), or a whole client config (a
+# secured cluster: streamproc.connection.kafka_connection).
+Bootstrap = str | Mapping[str, Any]
+
+
+def _base(bootstrap: Bootstrap) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
 
 
 @dataclass(frozen=True)
@@ -27,20 +35,21 @@ class ReadRecord:
     headers: dict[str, bytes]
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
+def produce(bootstrap: Bootstrap, topic: str,
+            records: Iterable[tuple[bytes | None, bytes | None]],
             *, partition: int | None = None, headers: Headers | None = None) -> int:
     """Produce (key, value) pairs idempotently and wait for all acknowledgements."""
     return produce_timed(bootstrap, topic, ((k, v, None, partition) for k, v in records),
                          headers=headers)
 
 
-def produce_timed(bootstrap: str, topic: str,
+def produce_timed(bootstrap: Bootstrap, topic: str,
                   records: Iterable[tuple[bytes | None, bytes | None, int | None, int | None]],
                   *, headers: Headers | None = None) -> int:
     """Produce (key, value, timestamp, partition) records idempotently and wait for all
     acknowledgements. A None timestamp is the send time (event-time data sets its own
     CreateTime); a None partition is the key's under murmur2, Kafka's Java default."""
-    p = new_producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+    p = new_producer({**_base(bootstrap), "enable.idempotence": True, "linger.ms": 5,
                   "partitioner": "murmur2_random"})
     n = 0
     for key, value, ts, partition in records:
@@ -57,9 +66,9 @@ def produce_timed(bootstrap: str, topic: str,
     return n
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str,
+def committed_offsets(bootstrap: Bootstrap, group: str, topic: str,
                       timeout_s: float = 10.0) -> dict[int, int]:
-    c = new_consumer({"bootstrap.servers": bootstrap, "group.id": group,
+    c = new_consumer({**_base(bootstrap), "group.id": group,
                   "enable.auto.commit": False})
     try:
         parts = c.list_topics(topic, timeout=timeout_s).topics[topic].partitions
@@ -95,10 +104,10 @@ def header_list(m: Any) -> list[tuple[str, bytes | None]]:
     return [(k, v if isinstance(v, bytes | None) else str(v).encode()) for k, v in raw]
 
 
-def read_all(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
+def read_all(bootstrap: Bootstrap, topic: str, *, timeout_s: float = 30.0,
              isolation: str = "read_committed") -> list[ReadRecord]:
     """Every record of ``topic`` from the beginning to its current end (per partition)."""
-    c = new_consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+    c = new_consumer({**_base(bootstrap), "group.id": f"reader-{uuid.uuid4().hex}",
                   "isolation.level": isolation, "enable.auto.commit": False,
                   "enable.partition.eof": True, "auto.offset.reset": "earliest"})
     try:
@@ -111,13 +120,14 @@ def read_all(bootstrap: str, topic: str, *, timeout_s: float = 30.0,
         c.close()
 
 
-def pending_records(bootstrap: str, group: str, topic: str, timeout_s: float = 30.0) -> int:
+def pending_records(bootstrap: Bootstrap, group: str, topic: str,
+                    timeout_s: float = 30.0) -> int:
     """Records of ``topic`` visible to read_committed readers past ``group``'s committed offsets.
 
     Offsets alone cannot tell: under exactly-once the log ends in transaction markers, so a
     fully processed partition has committed offset < end offset.
     """
-    c = new_consumer({"bootstrap.servers": bootstrap, "group.id": group,
+    c = new_consumer({**_base(bootstrap), "group.id": group,
                   "isolation.level": "read_committed", "enable.auto.commit": False,
                   "enable.partition.eof": True, "auto.offset.reset": "earliest"})
     try:
@@ -131,7 +141,7 @@ def pending_records(bootstrap: str, group: str, topic: str, timeout_s: float = 3
         c.close()
 
 
-def wait_processed(bootstrap: str, group: str, topics: Iterable[str],
+def wait_processed(bootstrap: Bootstrap, group: str, topics: Iterable[str],
                    timeout_s: float = 60.0) -> bool:
     """Wait until ``group`` has committed everything in ``topics`` (list them upstream first:
     a repartition topic only stops growing once its upstream is done)."""

@@ -65,9 +65,6 @@ PROXY_TIMEOUT_S = 5.0
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
 RETRY_AFTER_S = 1
-# Security settings of the user's client configs apply to the registry's clients too; the
-# rest (batching, offsets, groups) is the engine's business for those clients.
-_SECURITY_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "client.dns.")
 
 Local = Mapping[str, Mapping[int, tuple[Task, KeyValueStore]]]
 
@@ -96,9 +93,11 @@ class QueryState:
     def start(self, instance: str, url: str) -> None:
         app, s = self._app, self._app.settings
         self.instance, self.url = instance, url
-        extra = {k: v for k, v in s.producer_config.items() if k.startswith(_SECURITY_PREFIXES)}
-        cextra = {k: v for k, v in s.consumer_config.items() if k.startswith(_SECURITY_PREFIXES)}
-        registry = InstanceRegistry(app.app_id, instance, url, app.bootstrap, extra, cextra)
+        # The registry's clients connect like every other client (streamproc/connection.py).
+        from streamproc.connection import kafka_connection
+
+        conn = kafka_connection(s, app.bootstrap)
+        registry = InstanceRegistry(app.app_id, instance, url, app.bootstrap, conn, conn)
         from streamproc.kafka.admin import TopicAdmin
 
         registry.start(app.admin or TopicAdmin(app.bootstrap))

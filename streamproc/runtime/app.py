@@ -25,6 +25,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.api.topology import Topology
 from streamproc.config import Settings
+from streamproc.connection import kafka_connection
 from streamproc.errors import ProcessingFailed, TransactionAborted
 from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import CompiledTopology, compile_topology
@@ -173,7 +174,8 @@ class Application:
     # -- start and stop ------------------------------------------------------------------------
     def _start(self) -> None:
         s = self.settings
-        self._admin = TopicAdmin(self.bootstrap)
+        self._admin = TopicAdmin(self.bootstrap,
+                                 client_config=kafka_connection(s, self.bootstrap))
         plan = self._plan = resolve(self.compiled, self._admin)
         self._resolve_limits()
         self._statedir.lock()
@@ -235,7 +237,7 @@ class Application:
         apply.apply(sp, mapping, self.compiled,
                     producer_conf=producer_config(s, self.bootstrap, None,
                                                   f"{self.app_id}-savepoint"),
-                    consumer_conf={"bootstrap.servers": self.bootstrap, **s.consumer_config},
+                    consumer_conf={**kafka_connection(s, self.bootstrap), **s.consumer_config},
                     app_dir=self._statedir.path)
         return apply.offset_metadata(sp.manifest)
 

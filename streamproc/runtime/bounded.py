@@ -64,6 +64,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from streamproc.config import parse_instant
+from streamproc.connection import kafka_connection
 from streamproc.errors import TopologyError
 from streamproc.kafka.clients import new_admin
 from streamproc.time.windows import END_OF_TIME
@@ -329,7 +330,7 @@ class Bounded:
         """Last stable offsets, asked through an admin client: the consumer's own connection is
         busy with long-polling fetches (up to ``fetch.wait.max.ms`` per query)."""
         if self._admin is None:
-            self._admin = new_admin({"bootstrap.servers": self.app.bootstrap})
+            self._admin = new_admin(kafka_connection(self.app.settings, self.app.bootstrap))
         futures = self._admin.list_offsets(
             {_ktp(tp): OffsetSpec.latest() for tp in tps},  # type: ignore[no-untyped-call]
             isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout_s)

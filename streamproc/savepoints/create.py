@@ -71,18 +71,20 @@ Left = dict[tuple[str, int], int]
 
 def create(bootstrap: str, compiled: CompiledTopology, to: Path, *, topology_name: str,
            wait_stopped_s: float = 30.0, timeout_s: float = 30.0, stall_s: float = 60.0,
-           progress_every_s: float = 5.0) -> Savepoint:
+           progress_every_s: float = 5.0,
+           client_config: dict[str, Any] | None = None) -> Savepoint:
     """Take a savepoint of the stopped application ``compiled`` describes into ``to``.
 
     Reading the changelogs has no fixed deadline, since a large state takes as long as it
     takes: it fails (:class:`Stalled`) only when no record arrives for ``stall_s`` seconds,
     and logs ``savepoint.create.progress`` every ``progress_every_s``. ``timeout_s`` bounds
-    each single request to the cluster."""
+    each single request to the cluster. ``client_config``: how the clients connect
+    (streamproc.connection.kafka_connection; default: plaintext to ``bootstrap``)."""
     _check_names(compiled)
     try:
-        return _create(bootstrap, compiled, to, topology_name=topology_name,
-                       wait_stopped_s=wait_stopped_s, timeout_s=timeout_s, stall_s=stall_s,
-                       progress_every_s=progress_every_s)
+        return _create(client_config or {"bootstrap.servers": bootstrap}, compiled, to,
+                       topology_name=topology_name, wait_stopped_s=wait_stopped_s,
+                       timeout_s=timeout_s, stall_s=stall_s, progress_every_s=progress_every_s)
     except (KafkaException, TimeoutError) as exc:  # a request the cluster did not answer
         reason = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
         raise InfrastructureError(f"savepoint create of {compiled.application_id!r}: the "
@@ -105,18 +107,18 @@ def _check_names(compiled: CompiledTopology) -> None:
                                  f"{topic!r} cannot name a directory")
 
 
-def _create(bootstrap: str, compiled: CompiledTopology, to: Path, *, topology_name: str,
+def _create(conn: dict[str, Any], compiled: CompiledTopology, to: Path, *, topology_name: str,
             wait_stopped_s: float, timeout_s: float, stall_s: float,
             progress_every_s: float) -> Savepoint:
     app = compiled.application_id
-    admin = new_admin({"bootstrap.servers": bootstrap})
+    admin = new_admin(conn)
     _wait_stopped(admin, app, wait_stopped_s)
     meta = admin.list_topics(timeout=timeout_s).topics
     tasks = _tasks(compiled, meta)
     tmp = fresh_dir(to)
     try:
         reader = new_consumer({
-            "bootstrap.servers": bootstrap, "group.id": app, "enable.auto.commit": False,
+            **conn, "group.id": app, "enable.auto.commit": False,
             "isolation.level": "read_committed", "enable.partition.eof": True,
             "auto.offset.reset": "earliest"})
         try:

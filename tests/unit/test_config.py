@@ -192,6 +192,7 @@ def test_consumer_config_owns_the_guarantee_keys():
     assert conf == {
         "group.instance.id": "app-i1",
         "bootstrap.servers": "k:9092",
+        "security.protocol": "plaintext",  # streamproc/connection.py: every client says how
         "client.id": "app-consumer",
         "auto.offset.reset": "earliest",
         "session.timeout.ms": 15_000,
@@ -252,6 +253,7 @@ def test_producer_config_without_transactions():
     conf = producer_config(load_settings(), "k:9092", None, "app-producer")
     assert conf == {
         "bootstrap.servers": "k:9092",
+        "security.protocol": "plaintext",  # streamproc/connection.py: every client says how
         "client.id": "app-producer",
         "linger.ms": 5,
         "batch.num.messages": 10000,
@@ -294,6 +296,7 @@ def test_restore_consumer_config():
     conf = restore_consumer_config(load_settings(), "k:9092", "app")
     assert conf == {
         "bootstrap.servers": "k:9092",
+        "security.protocol": "plaintext",  # streamproc/connection.py: every client says how
         "client.id": "app-restore",
         "group.id": "app-restore",
         "enable.auto.commit": False,
