@@ -79,7 +79,17 @@ class Settings(ConnectionSettings):
         None, description="Schema registry for codecs.registry_avro (Confluent wire format): "
         "http(s)://host:port, or mock://name for confluent-kafka's in-memory registry.")
     schema_registry_basic_auth: pydantic.SecretStr | None = Field(
-        None, description="user:password for the schema registry (HTTP basic auth).")
+        None, description="user:password for the schema registry (HTTP basic auth; secret, "
+        "prefer schema_registry_basic_auth_file).")
+    schema_registry_basic_auth_file: Path | None = Field(
+        None, description="File holding user:password for the schema registry.")
+    schema_registry_ssl_ca_location: Path | None = Field(
+        None, description="CA certificate(s) (PEM) the registry's certificate is checked "
+        "against (https).")
+    schema_registry_ssl_certificate_location: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS to the registry.")
+    schema_registry_ssl_key_location: Path | None = Field(
+        None, description="Client private key (PEM) for mutual TLS to the registry.")
     schema_registry_subject_strategy: Literal["topic", "record", "topic_record"] = Field(
         "topic", description="Subject naming: topic ({topic}-key/-value), record (the record's "
         "full name) or topic_record ({topic}-{full name}).")
@@ -99,6 +109,52 @@ class Settings(ConnectionSettings):
         None, description="The URL other instances reach this one's HTTP server at (queryable "
         "state proxies and redirects there); default http://{http_host}:{port}, with a wildcard "
         "host replaced by this machine's hostname.")
+    # -- the HTTP surface's security and limits (docs/security.md, "HTTP surface") ----------
+    http_auth_token: pydantic.SecretStr | None = Field(
+        None, description="Bearer token required on /state, /status and /topology (secret; "
+        "prefer http_auth_token_file); at least 16 characters of A-Z a-z 0-9 -._~+/. Every "
+        "instance of the application needs the same one: they send it when they proxy.")
+    http_auth_token_file: Path | None = Field(
+        None, description="File holding the bearer token (e.g. a mounted Kubernetes secret).")
+    http_auth_probes: bool = Field(
+        False, description="Require the token on /healthz and /readyz too (probes often "
+        "cannot send one).")
+    http_auth_metrics: bool = Field(
+        False, description="Require the token on /metrics too (scrapers need it configured).")
+    http_tls_cert_file: Path | None = Field(
+        None, description="Serve HTTPS with this PEM certificate (chain); needs "
+        "http_tls_key_file. The default advertised URL becomes https://.")
+    http_tls_key_file: Path | None = Field(
+        None, description="PEM private key of http_tls_cert_file.")
+    http_tls_key_password: pydantic.SecretStr | None = Field(
+        None, description="Password of http_tls_key_file, when it is encrypted (secret).")
+    http_tls_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that verifies other instances' HTTPS certificates "
+        "when proxying /state (default: the system's trust store).")
+    http_state_enabled: bool = Field(
+        True, description="Serve queryable state (/state) and publish this instance to the "
+        "{app}-instances registry; false: /state answers 404 and no registry clients run.")
+    http_registry_signing_key: pydantic.SecretStr | None = Field(
+        None, description="Shared secret (16+ characters) that signs {app}-instances entries "
+        "(HMAC-SHA256); when set, unsigned or badly signed entries are ignored (and counted "
+        "in registry_records_rejected_total). Every instance needs the same one.")
+    http_state_max_scan: int = Field(
+        100_000, ge=100, le=100_000_000, description="Most store entries one /state request "
+        "reads (window stores filter what they read); a listing or lookup that reaches it "
+        "answers what it found with scan_limited and resume_from.")
+    http_state_max_rows: int = Field(
+        1000, ge=1, le=100_000, description="Largest limit a /state request may ask for.")
+    http_state_max_concurrent: int = Field(
+        8, ge=1, le=1024, description="/state requests served at once by this instance; more "
+        "answer 503 busy with Retry-After.")
+    http_state_max_fanout: int = Field(
+        32, ge=1, le=1024, description="Most other instances one scope=all listing asks; the "
+        "rest are reported in errors and the answer is not complete.")
+    http_proxy_max_response_bytes: int = Field(
+        8 * 1024 * 1024, ge=65_536, le=1024**3, description="Largest answer read from another "
+        "instance (proxied lookups, scope=all listings); a larger one is an error.")
+    http_proxy_timeout_ms: int = Field(
+        5000, ge=100, le=120_000, description="Timeout of a request to another instance.")
     health_stuck_after_ms: int = Field(
         60_000, ge=1000, le=3_600_000, description="/healthz answers 503 once the loop has not "
         "polled Kafka for this long (at least 3 poll timeouts).")
@@ -148,6 +204,10 @@ class Settings(ConnectionSettings):
     def _registry_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://", "mock://")):
             raise ValueError("must start with http://, https:// or mock://")
+        if v is not None and "@" in v.split("://", 1)[1].split("/", 1)[0]:
+            # Credentials in a URL end up in logs and error messages: refused, never echoed.
+            raise ValueError("must not embed credentials (user:password@); set "
+                             "schema_registry_basic_auth_file instead")
         return v
 
     @field_validator("http_advertised_url")
@@ -157,11 +217,65 @@ class Settings(ConnectionSettings):
             raise ValueError("must be http(s)://host:port (no path)")
         return v
 
+    @field_validator("http_auth_token")
+    @classmethod
+    def _http_token(cls, v: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        # RFC 6750's b64token, long enough not to be guessed; the value is never echoed.
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9\-._~+/]{16,4096}=*",
+                                              v.get_secret_value()):
+            raise ValueError("must be at least 16 characters of A-Z a-z 0-9 - . _ ~ + /")
+        return v
+
+    @field_validator("http_auth_token_file", "http_tls_cert_file", "http_tls_key_file",
+                     "http_tls_ca_file")
+    @classmethod
+    def _http_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v} is not a readable file")
+        return v
+
+    @field_validator("http_registry_signing_key")
+    @classmethod
+    def _signing_key(cls, v: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _http_surface(self) -> Settings:
+        if self.http_auth_token is not None and self.http_auth_token_file is not None:
+            raise ValueError("http_auth_token and http_auth_token_file are both set: give one")
+        if self.http_auth_token_file is not None:
+            token = self.secret("http_auth_token")
+            try:
+                type(self)._http_token(pydantic.SecretStr(token or ""))
+            except ValueError as exc:
+                raise ValueError(f"http_auth_token_file: the token {exc}") from None
+        if (self.http_tls_cert_file is None) != (self.http_tls_key_file is None):
+            raise ValueError("http_tls_cert_file and http_tls_key_file go together")
+        if self.http_tls_key_password is not None and self.http_tls_key_file is None:
+            raise ValueError("http_tls_key_password is set without http_tls_key_file")
+        if self.http_tls_cert_file is not None and self.http_advertised_url is not None \
+                and not self.http_advertised_url.startswith("https://"):
+            raise ValueError("http_advertised_url must be https:// when http_tls_cert_file "
+                             "is set")
+        if self.http_state_max_rows > self.http_state_max_scan:
+            raise ValueError("http_state_max_rows must not exceed http_state_max_scan")
+        return self
+
     @field_validator("schema_registry_basic_auth")
     @classmethod
     def _basic_auth(cls, v: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
         if v is not None and ":" not in v.get_secret_value():
             raise ValueError("must be user:password")
+        return v
+
+    @field_validator("schema_registry_config")
+    @classmethod
+    def _registry_config(cls, v: dict[str, str]) -> dict[str, str]:
+        if "basic.auth.user.info" in v:
+            raise ValueError("must not carry basic.auth.user.info (a secret in plain JSON); "
+                             "set schema_registry_basic_auth_file instead")
         return v
 
     @property
@@ -172,11 +286,14 @@ class Settings(ConnectionSettings):
         """The schema registry codecs bind to, when one is configured."""
         if self.schema_registry_url is None:
             return None
-        auth = self.schema_registry_basic_auth
+        tls = {key: str(path) for key, path in (
+            ("ssl.ca.location", self.schema_registry_ssl_ca_location),
+            ("ssl.certificate.location", self.schema_registry_ssl_certificate_location),
+            ("ssl.key.location", self.schema_registry_ssl_key_location)) if path is not None}
         return RegistrySettings(
-            self.schema_registry_url, auth.get_secret_value() if auth else None,
+            self.schema_registry_url, self.secret("schema_registry_basic_auth"),
             self.schema_registry_subject_strategy, self.schema_registry_auto_register,
-            dict(self.schema_registry_config))
+            {**self.schema_registry_config, **tls})
 
     @field_validator("until")
     @classmethod

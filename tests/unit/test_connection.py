@@ -113,3 +113,21 @@ def test_secrets_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert "hunter2" not in str(err.value) and "sasl_mechanism" in str(err.value)
+
+
+def test_schema_registry_credentials_come_from_a_file_never_the_url(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must not embed credentials") as err:
+        load_settings(schema_registry_url="https://user:hunter2@registry:8081")
+    assert "hunter2" not in str(err.value)
+    with pytest.raises(ConfigError, match="must not carry basic.auth.user.info"):
+        load_settings(schema_registry_config={"basic.auth.user.info": "u:p"})
+    auth, ca = tmp_path / "auth", tmp_path / "ca.pem"
+    auth.write_text("user:pw\n")
+    ca.write_text("pem")
+    s = load_settings(schema_registry_url="https://registry:8081",
+                      schema_registry_basic_auth_file=auth, schema_registry_ssl_ca_location=ca)
+    registry = s.registry()
+    assert registry is not None
+    assert registry.client_config() == {"url": "https://registry:8081",
+                                        "ssl.ca.location": str(ca),
+                                        "basic.auth.user.info": "user:pw"}
