@@ -13,6 +13,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from streamproc.errors import StreamprocError
+from streamproc.kafka.acls import refusal
 from streamproc.kafka.clients import new_admin
 
 log = structlog.get_logger(__name__)
@@ -71,6 +72,9 @@ class TopicAdmin:
                             time.monotonic() < deadline:
                         retry.append(res.name)
                         continue
+                    refused = refusal(exc.args[0], f"describing topic {res.name!r}")
+                    if refused is not None:
+                        raise refused from None
                     raise StreamprocError(f"cannot describe the configuration of topic "
                                           f"{res.name}: {exc.args[0]}") from exc
                 out[res.name] = {k: e.value for k, e in entries.items() if e.value is not None}
@@ -93,6 +97,9 @@ class TopicAdmin:
                          partitions=next(s.partitions for s in specs if s.name == name))
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    refused = refusal(exc.args[0], f"creating topic {name!r}")
+                    if refused is not None:
+                        raise refused from None
                     raise StreamprocError(f"cannot create topic {name!r}: {exc.args[0]}") from exc
 
     def purge(self, before: dict[tuple[str, int], int]) -> None:

@@ -29,6 +29,7 @@ from streamproc.connection import kafka_connection
 from streamproc.errors import ProcessingFailed, TransactionAborted
 from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import CompiledTopology, compile_topology
+from streamproc.kafka.acls import NotAuthorized, refusal
 from streamproc.kafka.admin import TopicAdmin
 from streamproc.kafka.clients import (
     consumer_config,
@@ -138,6 +139,9 @@ class Application:
             self._failed = exc
             log.error("instance.failed", error=str(exc), policy="fail", topic=exc.topic,
                       partition=exc.partition, offset=exc.offset)
+        except NotAuthorized as exc:  # a configuration problem: one line, no traceback
+            self._failed = exc
+            log.error("instance.not_authorized", error=str(exc))
         except Exception as exc:
             self._failed = exc
             log.exception("instance.crashed", error=str(exc))
@@ -372,6 +376,9 @@ class Application:
             self.metrics.inc("records_consumed_total", n, topic=tp.topic, partition=tp.partition)
 
     def _consume_error(self, err: KafkaError) -> None:
+        refused = refusal(err, "consuming")
+        if refused is not None:
+            raise refused  # retrying cannot help: stop, naming the permission
         if err.fatal():
             raise KafkaException(err)
         log.warning("consumer.error", error=str(err), code=err.code())

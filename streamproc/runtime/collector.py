@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.errors import TransactionAborted
+from streamproc.kafka.acls import refusal
 from streamproc.kafka.clients import new_producer
 from streamproc.runtime import faults
 from streamproc.types import Headers, TopicPartition
@@ -49,7 +50,13 @@ class Collector:
         if self.transactional:
             # Fences any earlier producer with our transactional.id and aborts its open
             # transaction, so read_committed consumers are not left waiting for its timeout.
-            self._producer.init_transactions(self._op_timeout_s)
+            try:
+                self._producer.init_transactions(self._op_timeout_s)
+            except KafkaException as exc:
+                refused = refusal(exc.args[0], "initialising transactions")
+                if refused is not None:
+                    raise refused from None
+                raise
 
     def begin(self) -> None:
         if self.transactional and not self._in_txn:
@@ -137,7 +144,10 @@ class Collector:
         if self._errors:
             first = self._errors[0]
             n = len(self._errors)
+            refused = next((r for e in self._errors if (r := refusal(e, "producing"))), None)
             self._errors.clear()
+            if refused is not None:
+                raise refused  # a replay would be refused the same way: stop instead
             raise TransactionAborted(f"{n} records failed delivery, first: {first}")
 
     def commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: Any) -> None:
@@ -158,6 +168,9 @@ class Collector:
             faults.hit("after_commit")
         except KafkaException as exc:
             err = exc.args[0]
+            refused = refusal(err, "committing a transaction")
+            if refused is not None:
+                raise refused from None
             raise TransactionAborted(
                 f"transaction commit failed ({'fatal' if err.fatal() else 'non-fatal'}): "
                 f"{err.str()}") from exc
