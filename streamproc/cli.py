@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -16,9 +18,13 @@ from streamproc import logs
 from streamproc.codecs.schemas import SCHEMA_DIR_ENV
 from streamproc.config import Settings, flag_for, load_settings
 from streamproc.errors import ConfigError, StreamprocError, TopologyError
-from streamproc.loader import load_topology
+from streamproc.loader import load_topology as _load_topology
+
+if TYPE_CHECKING:
+    from streamproc.api.topology import Topology
 
 log = structlog.get_logger("streamproc.cli")
+_PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 
 _DICT_SETTINGS = {"consumer_config", "producer_config", "schema_registry_config"}
 
@@ -35,6 +41,51 @@ def resolve_brokers(settings: Settings) -> str:
             "no Kafka brokers configured and no local broker running: set it, or start one "
             "with `streamproc kafka start`")
     return running.bootstrap
+
+
+def load_topology(spec: str, params: dict[str, str] | None = None) -> Topology:
+    """The topology ``spec`` names. Whatever importing or building it raises is the user's code
+    failing: one error naming the file and line of the user's code, never a traceback."""
+    try:
+        return _load_topology(spec, params)
+    except SyntaxError as exc:
+        raise TopologyError(f"cannot import topology {spec}: {exc.msg} "
+                            f"(at {exc.filename}:{exc.lineno})") from None
+    except ConfigError:
+        raise
+    except TopologyError as exc:
+        raise TopologyError(f"{exc}{_user_line(exc)}") from None
+    except Exception as exc:
+        raise TopologyError(f"cannot load topology {spec}: {type(exc).__name__}: {exc}"
+                            f"{_user_line(exc)}") from None
+
+
+def _user_line(exc: BaseException) -> str:
+    """`` (at file:line)`` of the innermost frame outside streamproc and the import machinery:
+    the user's line that raised (or called the builder that did)."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        name = frame.filename
+        if not name.startswith((_PACKAGE_DIR, "<frozen")):
+            return f" (at {name}:{frame.lineno})"
+    return ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one error line (argparse's usage text stays in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        log.error("cli.invalid_arguments", command=self.prog, error=message)
+        sys.exit(2)
+
+
+def _quiet_clients(settings: Settings) -> None:
+    """librdkafka's own lines (connection retries, ...) of the clients the dlq and reset
+    commands create: shown at debug level, else left out next to the one-line error that says
+    what failed."""
+    from streamproc.ops.dlq import COMMAND_CLIENT_LOG
+
+    COMMAND_CLIENT_LOG.setLevel(logging.DEBUG if settings.log_level == "debug"
+                                else logging.CRITICAL)
 
 
 def _add_setting_flags(p: argparse.ArgumentParser) -> None:
@@ -102,6 +153,9 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
     logs.configure("warning")
     settings = load_settings(brokers=args.brokers, state_dir=args.state_dir)
+    _quiet_clients(settings)
+    if not args.timeout > 0:  # also refuses nan
+        raise ConfigError("--timeout", f"must be more than 0 seconds, not {args.timeout}")
     compiled = compile_topology(load_topology(args.topology, _params(args.param)))
     if compiled.application_id != args.app:
         raise ConfigError("--app", f"{args.topology} has application id "
@@ -112,11 +166,25 @@ def cmd_reset(args: argparse.Namespace) -> int:
         raise ConfigError("--to-datetime", str(exc)) from None
     sys.stdout.write(reset(resolve_brokers(settings), compiled, settings.state_dir,
                            dry_run=args.dry_run, to_datetime=to_datetime,
-                           offsets_file=Path(args.to_offsets) if args.to_offsets else None))
+                           offsets_file=Path(args.to_offsets) if args.to_offsets else None,
+                           timeout_s=args.timeout))
     return 0
 
 
 def cmd_savepoint(args: argparse.Namespace) -> int:
+    # Every expected failure (a bad savepoint, a stalled read, a running application) is one
+    # line naming the problem and exit 2: never a traceback, nor main()'s start.failed line.
+    try:
+        return _savepoint(args)
+    except StreamprocError as exc:
+        sys.stderr.write(f"streamproc: savepoint {args.action}: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"streamproc: savepoint {args.action}: interrupted\n")
+        return 130
+
+
+def _savepoint(args: argparse.Namespace) -> int:
     from streamproc.savepoints.format import Savepoint
     from streamproc.savepoints.inspect import describe, summary
 
@@ -131,13 +199,17 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
     from streamproc.savepoints.create import create
 
     logs.configure("info")
+    if not args.stall_timeout > 0:  # also refuses nan, which would never stall
+        raise ConfigError("--stall-timeout", f"must be more than 0 seconds, not "
+                          f"{args.stall_timeout}")
     settings = load_settings(brokers=args.brokers)
     compiled = compile_topology(load_topology(args.topology, _params(args.param)))
     if compiled.application_id != args.app:
         raise ConfigError("--app", f"{args.topology} has application id "
                           f"{compiled.application_id!r}, not {args.app!r}")
     sp = create(resolve_brokers(settings), compiled, Path(args.to),
-                topology_name=args.topology, wait_stopped_s=args.wait_stopped)
+                topology_name=args.topology, wait_stopped_s=args.wait_stopped,
+                stall_s=args.stall_timeout)
     sys.stdout.write(describe(sp))
     return 0
 
@@ -174,20 +246,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     from streamproc.ops import dlq
 
-    logs.configure("warning")
-    bootstrap = resolve_brokers(load_settings(brokers=args.brokers))
+    # A replay's progress lines (every few seconds) and its committed chunks are info lines.
+    logs.configure("info" if args.action == "replay" else "warning")
+    settings = load_settings(brokers=args.brokers)
+    _quiet_clients(settings)
+    if not args.stall_timeout > 0:  # also refuses nan, which would never stall
+        raise ConfigError("--stall-timeout", f"must be more than 0 seconds, not "
+                          f"{args.stall_timeout}")
+    dlq.check_app_id(args.app)
+    bootstrap = resolve_brokers(settings)
     if args.action == "inspect":
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError("--limit", f"must be at least 1, not {args.limit}")
         dlq.inspect(bootstrap, args.app, error_types=args.error_type, topic=args.topic,
-                    limit=args.limit, as_json=args.json)
+                    limit=args.limit, as_json=args.json, stall_s=args.stall_timeout)
         return 0
     dlq.replay(bootstrap, args.app, error_types=args.error_type, topic=args.topic,
-               dry_run=args.dry_run, from_beginning=args.from_beginning)
+               dry_run=args.dry_run, from_beginning=args.from_beginning,
+               chunk_size=args.chunk_size, stall_s=args.stall_timeout)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamproc",
-                                     description="Kafka-native stream processing")
+    parser = _Parser(prog="streamproc", description="Kafka-native stream processing")
     parser.add_argument("--version", action="version", version="streamproc 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -216,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     rst.add_argument("--brokers", default=None, help="(env STREAMPROC_BROKERS)")
     rst.add_argument("--state-dir", dest="state_dir", default=None,
                      help="(env STREAMPROC_STATE_DIR) whose {app} directory is deleted")
+    rst.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                     help="how long each request to Kafka may take (default 30)")
     rst.set_defaults(func=cmd_reset)
 
     sp = sub.add_parser("savepoint", help="snapshot a stopped application's state and offsets "
@@ -230,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="directory to create (must not exist or be empty)")
     spc.add_argument("--wait-stopped", type=float, default=30.0, metavar="SECONDS",
                      help="how long to wait for the group to become empty (default 30)")
+    spc.add_argument("--stall-timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="fail when reading the changelogs makes no progress for this long "
+                     "(default 60; a large state takes as long as it takes)")
     spc.add_argument("--brokers", default=None, help="(env STREAMPROC_BROKERS)")
     spc.set_defaults(func=cmd_savepoint)
     spi = sp_sub.add_parser("inspect", help="summarise a savepoint (and verify its checksums)")
@@ -248,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
+    from streamproc.ops import dlq as dlq_defaults
+
     dlq = sub.add_parser("dlq", help="inspect or replay an application's dead-letter topic")
     dlq_sub = dlq.add_subparsers(dest="action", required=True)
     for action, text in (("inspect", "print the dead letters with their headers"),
@@ -264,23 +352,51 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dry-run", action="store_true", help="print, write nothing")
             p.add_argument("--from-beginning", action="store_true",
                            help="every dead letter, not only those not replayed yet")
+            p.add_argument("--chunk-size", type=int, default=dlq_defaults.DEFAULT_CHUNK_SIZE,
+                           metavar="N", help="dead letters per transaction (default "
+                           f"{dlq_defaults.DEFAULT_CHUNK_SIZE}): what the replay holds in "
+                           "memory, and what a failure leaves to the next run")
+        p.add_argument("--stall-timeout", type=float, default=dlq_defaults.DEFAULT_STALL_S,
+                       metavar="SECONDS", help="fail when reading or writing makes no progress "
+                       f"for this long (default {dlq_defaults.DEFAULT_STALL_S:g}; a large "
+                       "topic takes as long as it takes)")
         p.add_argument("--brokers", default=None, help="(env STREAMPROC_BROKERS)")
         p.set_defaults(func=cmd_dlq)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. An expected failure (bad flags or settings, a topology that does not
+    import or build, an unreachable broker, a missing topic, a stalled operation, Ctrl-C) is
+    one error line and a non-zero exit code, never a traceback; only a bug shows one."""
+    logs.configure("warning")  # until the command configures its own: argparse errors too
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ConfigError as exc:
         log.error("config.invalid", setting=exc.setting, error=str(exc))
-        sys.stderr.write(f"streamproc: {exc}\n")
         return 2
     except (TopologyError, StreamprocError) as exc:
-        log.error("start.failed", error=str(exc))
-        sys.stderr.write(f"streamproc: {exc}\n")
+        log.error("start.failed", command=args.command, error=str(exc))
         return 2
+    except KeyboardInterrupt:
+        log.error("command.interrupted", command=args.command)
+        return 130
+    except Exception as exc:
+        from confluent_kafka import KafkaException
+
+        from streamproc.kafka.broker_provision import BrokerError
+
+        if isinstance(exc, BrokerError):  # its message says what to install or free
+            log.error("start.failed", command=args.command, error=str(exc))
+            return 2
+        # Failures of the environment rather than of streamproc: Kafka's client errors, a
+        # timeout, a file that cannot be read or written. Anything else is a bug: traceback.
+        if not isinstance(exc, KafkaException | TimeoutError | OSError):
+            raise
+        log.error("command.failed", command=args.command,
+                  error=f"{type(exc).__name__}: {exc}")
+        return 1
     return code
 
 

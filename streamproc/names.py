@@ -54,3 +54,38 @@ def name_problem(name: object) -> str | None:
 
 def is_name(name: object) -> bool:
     return name_problem(name) is None
+
+
+# A directory name under the state dir: the name charset (so no '/', never '.' or '..') but
+# without NAME_MAX_LENGTH, since derived stores (``{store}.timers``, ``{source}.time``) may be
+# longer than the name they derive from; 255 is the usual filesystem limit for one component.
+PATH_COMPONENT_MAX_LENGTH = 255
+PATH_COMPONENT_RULE = "letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+
+
+def path_component_problem(name: object) -> str | None:
+    """Why ``name`` cannot be one directory name under the state dir, or None."""
+    if not isinstance(name, str):
+        return f"must be a string, not {type(name).__name__}"
+    if len(name.encode()) > PATH_COMPONENT_MAX_LENGTH:
+        return (f"is {len(name.encode())} bytes long, over the limit of "
+                f"{PATH_COMPONENT_MAX_LENGTH}")
+    if not _NAME.fullmatch(name):
+        return f"{name!r} is not a valid directory name ({PATH_COMPONENT_RULE})"
+    return None
+
+
+def shown(name: object, limit: int = 60) -> str:
+    """``name`` for an error message: its repr, cut short so a 250-character name stays
+    readable (the message says how long it is)."""
+    if isinstance(name, str) and len(name) > limit:
+        return repr(name[:limit]) + "..."
+    return repr(name)
+
+
+def describe_problem(what: str, name: object, problem: str) -> str:
+    """``what`` (e.g. "store") and ``name`` in front of a problem from the functions above,
+    without repeating the name when the problem already starts with it."""
+    if isinstance(name, str) and problem.startswith(repr(name)):
+        return f"{what} {problem}"
+    return f"{what} {shown(name)} {problem}"

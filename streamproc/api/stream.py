@@ -10,6 +10,7 @@ from streamproc.api.windowed import WindowedStream
 from streamproc.codecs.base import Codec
 from streamproc.codecs.basic import JsonCodec
 from streamproc.errors import TopologyError
+from streamproc.graph.naming import check_store, repartition_topic, require_derived, require_topic
 from streamproc.graph.nodes import (
     AggregateNode,
     ArmNode,
@@ -96,6 +97,8 @@ class Stream:
         """
         if on_timer is not None and not store:
             raise TopologyError("process(on_timer=...) needs a store=: timers are kept per key")
+        if store is not None:
+            check_store(self._topology.application_id, store, timers=on_timer is not None)
         src = self._keyed(store) if store else self
         spec = StoreSpec(store, state or JsonCodec()) if store else None
         node = ProcessNode(src._name("process", name), fn=fn, store=spec, on_timer=on_timer,
@@ -155,8 +158,10 @@ class Stream:
     def _repartition(self, name: str | None, value: Codec | None,
                      partitions: int | None) -> GroupedStream:
         rname = self._name("group_by", name)
+        topic = require_derived("operator", rname, "repartition topic",
+                                repartition_topic(self._topology.application_id, rname))
         node = RepartitionNode(
-            rname, topic=f"{self._topology.application_id}-{rname}-repartition",
+            rname, topic=topic,
             key_codec=self._key_codec or JsonCodec(), value_codec=value or JsonCodec(),
             partitions=partitions,
         )
@@ -169,6 +174,7 @@ class Stream:
     def to(self, topic: str, *, key: Codec | None = None, value: Codec | None = None,
            name: str | None = None) -> None:
         """Write every record to ``topic`` (key codec defaults to the stream's, value to JSON)."""
+        require_topic("sink topic", topic)
         node = SinkNode(self._name("to", name), topic=topic,
                         key_codec=key or self._key_codec or JsonCodec(),
                         value_codec=value or JsonCodec())
@@ -185,6 +191,7 @@ class GroupedStream:
                    initializer: Callable[[], Any], adder: Callable[[Any, Any], Any],
                    name: str | None) -> Stream:
         s = self.stream
+        check_store(s._topology.application_id, store)
         node = AggregateNode(s._name(operator, name), store=StoreSpec(store, state or JsonCodec()),
                              initializer=initializer, adder=adder, operator=operator,
                              key_codec=s._key_codec)

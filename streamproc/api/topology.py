@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from streamproc.codecs.base import Codec
 from streamproc.codecs.basic import JsonCodec, RawCodec
 from streamproc.errors import TopologyError
+from streamproc.graph.naming import (
+    check_application,
+    dead_letter_topic,
+    require_name,
+    require_topic,
+)
 from streamproc.graph.nodes import Node, SourceNode, TimestampChoice
 from streamproc.types import ErrorPolicy
 
 if TYPE_CHECKING:  # Stream imports Topology at runtime; this one-way hint avoids a cycle.
     from streamproc.api.stream import Stream
 
-_APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _POLICIES = ("dead_letter", "skip", "fail")
 _TIMESTAMPS = ("create_time", "log_append_time", "processing_time")
 
@@ -29,11 +33,7 @@ class Topology:
 
     def __init__(self, application_id: str, *, on_error: ErrorPolicy = "dead_letter",
                  watermark_propagation: bool = True) -> None:
-        if not _APP_ID.match(application_id):
-            raise TopologyError(
-                f"application id {application_id!r} must be 1-200 characters of "
-                "letters, digits, '.', '_' or '-', starting with a letter or digit"
-            )
+        check_application(application_id)
         _check_policy(on_error)
         self.application_id = application_id
         self.on_error: ErrorPolicy = on_error
@@ -50,9 +50,7 @@ class Topology:
         name = given if given is not None else f"{kind}-{self._counter}"
         if any(n.name == name for n in self.nodes):
             raise TopologyError(f"operator name {name!r} is used twice in {self.application_id}")
-        if not re.match(r"^[A-Za-z0-9._-]+$", name):
-            raise TopologyError(f"operator name {name!r}: use letters, digits, '.', '_' or '-'")
-        return name
+        return require_name("operator name", name)
 
     def _add(self, node: Node) -> Node:
         self.nodes.append(node)
@@ -60,7 +58,7 @@ class Topology:
 
     @property
     def dead_letter_topic(self) -> str:
-        return f"{self.application_id}-dlq"
+        return dead_letter_topic(self.application_id)
 
     # -- sources -------------------------------------------------------------------------
     def source(
@@ -88,8 +86,7 @@ class Topology:
         if not topics:
             raise TopologyError("source() needs at least one topic")
         for t in topics:
-            if not t or not re.match(r"^[A-Za-z0-9._-]+$", t):
-                raise TopologyError(f"invalid topic name {t!r}")
+            require_topic("source topic", t)
         if isinstance(timestamp, str) and timestamp not in _TIMESTAMPS:
             raise TopologyError(f"timestamp must be one of {_TIMESTAMPS} or a callable")
         policy = on_error or self.on_error

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from streamproc.codecs.base import Codec
 from streamproc.codecs.basic import JsonCodec
 from streamproc.errors import TopologyError
+from streamproc.graph.naming import check_store, default_late_topic, require_topic
 from streamproc.graph.nodes import StoreSpec, WindowNode
 from streamproc.state.windowed import WindowStateCodec
 from streamproc.time.windows import (
@@ -151,13 +152,16 @@ class WindowedStream:
         if isinstance(w, SlidingWindows) and early:
             raise TopologyError("sliding windows have no early firings")
         topology = s._topology
+        check_store(topology.application_id, store)
+        if late_topic is not None:
+            require_topic("late_topic", late_topic)
         node = WindowNode(
             s._name(f"window_{operator}", name), window=w,
             store=StoreSpec(store, WindowStateCodec(state or JsonCodec())),
             initializer=initializer,
             adder=add, merger=merge, result=result, operator=operator, emit=emit, late=late,
             allowed_lateness_ms=lateness, early_every_ms=early,
-            late_topic=(late_topic or f"{topology.application_id}-late")
+            late_topic=(late_topic or default_late_topic(topology.application_id))
             if late == "side_output" else None,
             key_codec=s._key_codec or JsonCodec(),
         )

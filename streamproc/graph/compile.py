@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamproc.codecs.basic import RawCodec
 from streamproc.errors import TopologyError
+from streamproc.graph.naming import changelog_topic, check_compiled
 from streamproc.graph.nodes import (
     Node,
     RepartitionNode,
@@ -184,7 +185,7 @@ def compile_topology(topology: Topology) -> CompiledTopology:
             store_names.add(spec.name)
             stores.append(spec)
             compiled.changelog_topics[spec.name] = (
-                sid, f"{topology.application_id}-{spec.name}-changelog")
+                sid, changelog_topic(topology.application_id, spec.name))
         for m in ordered:
             if isinstance(m, WindowNode) and m.late == "side_output":
                 assert m.late_topic is not None
@@ -219,6 +220,7 @@ def compile_topology(topology: Topology) -> CompiledTopology:
         upstream = compiled.subtopologies[up]
         src.max_out_of_orderness_ms = upstream.max_out_of_orderness_ms
         src.idle_timeout_ms = upstream.idle_timeout_ms
+    check_compiled(topology.application_id, nodes, compiled)
     return compiled
 
 

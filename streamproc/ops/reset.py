@@ -49,7 +49,10 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from streamproc.errors import ConfigError, StreamprocError
 from streamproc.graph.compile import CompiledTopology
+from streamproc.kafka.clients import new_admin
+from streamproc.ops.dlq import COMMAND_CLIENT_LOG
 from streamproc.ops.instances import instances_topic
+from streamproc.runtime.statedir import StateDir
 from streamproc.types import TopicPartition
 
 
@@ -80,6 +83,9 @@ def _result(fut: Any, timeout_s: float) -> Any:
         return fut.result(timeout=timeout_s)
     except KafkaException as exc:
         raise StreamprocError(f"reset: {exc.args[0]}") from exc
+    except TimeoutError:  # concurrent.futures says nothing more
+        raise StreamprocError(f"reset: Kafka did not answer within {timeout_s:g} s (is it "
+                              "reachable? check STREAMPROC_BROKERS, or give --timeout)") from None
 
 
 def read_offsets_file(path: Path) -> dict[TopicPartition, int]:
@@ -160,7 +166,7 @@ def plan_reset(admin: AdminClient, compiled: CompiledTopology, state_root: Path,
             f"{len(desc.members)} active member(s) ({members}). Stop every instance first; "
             "with static membership a stopped instance stays in the group for its "
             "session.timeout.ms (default 15 s)")
-    state_dir = state_root / app
+    state_dir = StateDir(state_root, app).path  # refused unless inside the state dir
     if _state_locked(state_dir):
         raise ResetRefused(f"cannot reset {app!r}: a local instance holds {state_dir} (stop it)")
 
@@ -264,6 +270,10 @@ def execute(admin: AdminClient, plan: ResetPlan, timeout_s: float = 30.0) -> Non
                                       f"within {timeout_s:.0f} s")
             time.sleep(0.2)
     if plan.state_dir is not None:
+        # The plan may have been built elsewhere: delete nothing but an application's
+        # directory inside a state dir.
+        if StateDir(plan.state_dir.parent, plan.app_id).path != plan.state_dir:
+            raise StreamprocError(f"reset: {plan.state_dir} is not the state of {plan.app_id!r}")
         shutil.rmtree(plan.state_dir)
 
 
@@ -271,7 +281,8 @@ def reset(bootstrap: str, compiled: CompiledTopology, state_root: Path, *, dry_r
           to_datetime: int | None = None, offsets_file: Path | None = None,
           timeout_s: float = 30.0) -> str:
     """Plan, and unless ``dry_run`` carry out, a reset; returns the report for stdout."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # librdkafka's own lines go to a logger the CLI keeps quiet (cli._quiet_clients).
+    admin = new_admin({"bootstrap.servers": bootstrap, "logger": COMMAND_CLIENT_LOG})
     to_offsets = read_offsets_file(offsets_file) if offsets_file is not None else None
     plan = plan_reset(admin, compiled, state_root, to_datetime=to_datetime,
                       to_offsets=to_offsets, offsets_file=offsets_file, timeout_s=timeout_s)

@@ -4,18 +4,26 @@ A dedicated assign-only consumer (read_committed, partition EOF on) replays each
 changelog from the offset stored in RocksDB to the end of the log, one WriteBatch per consumed
 batch per store. The main loop calls :meth:`Restorer.step` between processing batches, so
 tasks that are already restored keep processing while others restore.
+
+Each store's restore reports progress every few seconds (``restore.progress``: records, bytes,
+rate, what remains and an estimate of when it ends, from the changelog's end offset) and fails
+only when it made no progress at all for ``stall_s``: a large changelog takes as long as it
+takes, a stuck one (a transaction that never ends keeps read_committed readers before it) is
+reported instead of waiting silently forever.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from streamproc.progress import Progress, Stalled
 from streamproc.runtime import faults
 from streamproc.runtime.task import Task
 from streamproc.state.store import KeyValueStore
@@ -23,7 +31,11 @@ from streamproc.types import TopicPartition
 
 log = structlog.get_logger(__name__)
 
-_PROGRESS_EVERY_S = 5.0
+PROGRESS_EVERY_S = 5.0
+# Longer than the broker's largest transaction timeout (transaction.max.timeout.ms, 15 min by
+# default): an instance that died inside a transaction keeps read_committed readers of that
+# changelog waiting until the broker aborts it, and that is a wait, not a stall.
+STALL_S = 960.0
 
 
 @dataclass
@@ -31,10 +43,20 @@ class Restoring:
     task: Task
     store: KeyValueStore
     start_offset: int
-    records: int = 0
-    bytes: int = 0
-    started: float = field(default_factory=time.monotonic)
-    last_log: float = field(default_factory=time.monotonic)
+    progress: Progress
+    next_offset: int  # past the last changelog record applied (the stored offset)
+
+    @property
+    def records(self) -> int:
+        return self.progress.records
+
+    @property
+    def bytes(self) -> int:
+        return self.progress.bytes
+
+    @property
+    def started(self) -> float:
+        return self.progress.started
 
 
 @dataclass
@@ -47,9 +69,19 @@ class RestoreStats:
 
 
 class Restorer:
-    def __init__(self, config: dict[str, Any], batch_size: int) -> None:
+    """``clock``, ``consumer`` (a factory over the config), ``every_s`` and ``stall_s`` are
+    seams for tests; the runtime uses the defaults."""
+
+    def __init__(self, config: dict[str, Any], batch_size: int, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 consumer: Callable[[dict[str, Any]], Consumer] = Consumer,
+                 every_s: float = PROGRESS_EVERY_S, stall_s: float = STALL_S) -> None:
         self._config = config
         self._batch_size = batch_size
+        self._clock = clock
+        self._new_consumer = consumer
+        self._every_s = every_s
+        self._stall_s = stall_s
         self._consumer: Consumer | None = None
         self._active: dict[TopicPartition, Restoring] = {}
         self.totals = RestoreStats()
@@ -61,7 +93,7 @@ class Restorer:
 
     def _client(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer(self._config)
+            self._consumer = self._new_consumer(self._config)
         return self._consumer
 
     @property
@@ -79,14 +111,20 @@ class Restorer:
         for name, store in task.stores.items():
             tp = TopicPartition(task.changelog_topics[name], task.partition)
             start = store.changelog_offset
-            self._active[tp] = Restoring(task, store, start)
+            self._active[tp] = Restoring(task, store, start, self._progress(task, name, tp),
+                                         start)
             assigns.append(KafkaTopicPartition(tp.topic, tp.partition, start))
             log.info("restore.started", task=str(task.id), store=name, changelog=tp.topic,
                      partition=tp.partition, from_offset=start)
         if assigns:
             if self._wall_start is None:
-                self._wall_start = time.monotonic()
+                self._wall_start = self._clock()
             self._client().incremental_assign(assigns)
+
+    def _progress(self, task: Task, store: str, tp: TopicPartition) -> Progress:
+        return Progress("restore", every_s=self._every_s, stall_s=self._stall_s,
+                        clock=self._clock, logger=log, task=str(task.id), store=store,
+                        changelog=tp.topic, partition=tp.partition)
 
     def remove(self, task: Task) -> None:
         """Stop restoring ``task`` (revoked or closed before its restore finished)."""
@@ -168,41 +206,52 @@ class Restorer:
             acc[1] += count
             acc[2] += size
             last[tp] = last_m.offset()
-        now = time.monotonic()
-        for tp, (batch, n, nbytes) in pending.items():
-            if not n:
-                continue
-            r = self._active[tp]
-            r.store.apply_restore_batch(batch, last[tp] + 1)
-            r.records += n
-            r.bytes += nbytes
-            faults.hit("mid_restore")
-            if now - r.last_log >= _PROGRESS_EVERY_S:
-                r.last_log = now
-                log.info("restore.progress", task=str(r.task.id), store=r.store.name,
-                         records=r.records, bytes=r.bytes,
-                         seconds=round(now - r.started, 3))
+        for tp, (batch, n, _) in pending.items():
+            if n:
+                r = self._active[tp]
+                r.next_offset = last[tp] + 1
+                r.store.apply_restore_batch(batch, r.next_offset)
+                faults.hit("mid_restore")
         done_tasks: list[Task] = []
         for tp, end in ended.items():
             r = self._active.pop(tp)
+            acc = pending.get(tp)
+            if acc is not None and acc[1]:
+                r.progress.set_total(r.records + acc[1])  # nothing remains
+                r.progress.advance(acc[1], acc[2])
             # Remember the end (past any transaction marker) so the next restore starts there.
             if end > r.store.changelog_offset:
                 r.store.apply_changelog([], end)
             consumer.incremental_unassign([KafkaTopicPartition(tp.topic, tp.partition)])
-            secs = time.monotonic() - r.started
+            figures = r.progress.done(from_offset=r.start_offset, to_offset=end)
             self.totals.records += r.records
             self.totals.bytes += r.bytes
-            self.totals.seconds += secs
+            self.totals.seconds += figures["seconds"]
             self.totals.stores += 1
             if self._wall_start is not None:
-                self.totals.wall_seconds = time.monotonic() - self._wall_start
-            log.info("restore.completed", task=str(r.task.id), store=r.store.name,
-                     from_offset=r.start_offset, to_offset=end, records=r.records,
-                     bytes=r.bytes, seconds=round(secs, 3),
-                     records_per_s=round(r.records / secs) if secs > 0 else None)
+                self.totals.wall_seconds = self._clock() - self._wall_start
             if not self.is_restoring(r.task):
                 done_tasks.append(r.task)
+        for tp, r in self._active.items():
+            acc = pending.get(tp)
+            self._advance(consumer, tp, r, acc[1] if acc else 0, acc[2] if acc else 0)
         return done_tasks
+
+    def _advance(self, consumer: Consumer, tp: TopicPartition, r: Restoring, records: int,
+                 nbytes: int) -> None:
+        """Count what ``tp`` restored in this step (0 while it waits), with what remains."""
+        # The cached end offset is kept up to date by the fetches themselves: no broker call.
+        _, high = consumer.get_watermark_offsets(KafkaTopicPartition(tp.topic, tp.partition),
+                                                 cached=True)
+        # The offsets left include transaction markers, so "remaining" is an upper bound.
+        r.progress.set_total(r.records + records + max(high - r.next_offset, 0)
+                             if high is not None and high >= 0 else None)
+        try:
+            r.progress.advance(records, nbytes)
+        except Stalled as exc:
+            raise Stalled(f"restore of store {r.store.name!r} from {tp.topic}[{tp.partition}] "
+                          f"(task {r.task.id}) is stuck at offset {r.next_offset}: {exc}"
+                          ) from None
 
     def _rebuild(self, tp: TopicPartition, reason: str) -> None:
         # The stored offset lies outside the changelog (it was deleted and recreated, or the
@@ -213,8 +262,8 @@ class Restorer:
                     reason=reason)
         r.store.wipe()
         r.store.open()
-        r.records = r.bytes = 0
-        r.start_offset = 0
+        r.progress = self._progress(r.task, r.store.name, tp)
+        r.start_offset = r.next_offset = 0
         consumer = self._client()
         consumer.incremental_unassign([KafkaTopicPartition(tp.topic, tp.partition)])
         consumer.incremental_assign([KafkaTopicPartition(tp.topic, tp.partition,

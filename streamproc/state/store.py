@@ -21,6 +21,7 @@ import structlog
 
 from streamproc.codecs.base import Codec
 from streamproc.errors import InfrastructureError, StreamprocError
+from streamproc.runtime.statedir import store_dir_problem
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +116,12 @@ class KeyValueStore:
     def wipe(self) -> None:
         """Delete the local database entirely (it is rebuilt from the changelog)."""
         self.close()
+        # Only ever a {store}/{partition} directory inside the application's state dir: a path
+        # built from a bad name must not turn a rebuild into deleting someone else's files.
+        problem = store_dir_problem(self.path, self.name, self.partition)
+        if problem is not None:
+            raise StreamprocError(f"refusing to delete the state of store {self.name!r} "
+                                  f"partition {self.partition}: {problem}")
         shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
@@ -292,6 +299,43 @@ class KeyValueStore:
             del it  # before the lock is released: an iterator pins the database
         # Decoding needs no lock: the bytes are ours.
         return [(k, self.codec.decode(v)) for k, v in raws]
+
+    def scan_ranges(self, ranges: list[tuple[bytes | None, bytes | None]], limit: int,
+                    keep: Callable[[bytes], bool] | None = None, max_scan: int = 100_000
+                    ) -> tuple[list[tuple[bytes, Any]], bytes | None]:
+        """Like :meth:`scan` over the key ranges ``[start, stop)`` in the given order, reading
+        at most ``max_scan`` entries however few pass ``keep``: the read lock (which a revoke
+        waits for) is held for a bounded time whatever a request asks. Returns the entries and,
+        when the budget ran out first, the key of the first entry not read (None otherwise).
+        One iterator, one checkpoint, as for :meth:`scan`."""
+        raws: list[tuple[bytes, bytes]] = []
+        scanned = 0
+        resume: bytes | None = None
+        with self._read_lock:
+            db = self._db
+            if db is None:
+                raise StoreNotOpen(f"store {self.name}[{self.partition}] is not open")
+            it = db.iter()
+            for start, stop in ranges:
+                if start is None:
+                    it.seek_to_first()
+                else:
+                    it.seek(start)
+                while it.valid() and len(raws) < limit:
+                    key = it.key()
+                    if stop is not None and key >= stop:
+                        break
+                    if scanned >= max_scan:
+                        resume = key
+                        break
+                    scanned += 1
+                    if keep is None or keep(key):
+                        raws.append((key, it.value()))
+                    it.next()
+                if resume is not None or len(raws) >= limit:
+                    break
+            del it  # before the lock is released: an iterator pins the database
+        return [(k, self.codec.decode(v)) for k, v in raws], resume
 
     def items(self) -> Iterator[tuple[bytes, Any]]:
         """Committed content, decoded (for tests and state inspection)."""

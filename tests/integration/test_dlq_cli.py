@@ -5,6 +5,7 @@ topology is fixed, where they are then processed."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,93 @@ def test_inspect_and_replay(kafka: str, tmp_path: Path) -> None:
                   for r in io.read_all(kafka, out)) == [(1, 10), (2, 10.0), (4, 7)]
     # The replayed record was processed, not dead-lettered again.
     assert len(io.read_all(kafka, f"{app_id}-dlq")) == 2
+
+
+def _events(stderr: str, event: str) -> list[dict[str, Any]]:
+    lines = [orjson.loads(ln) for ln in stderr.splitlines() if ln.startswith("{")]
+    return [ln for ln in lines if ln["event"] == event]
+
+
+def _errors(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """The command's error lines; anything else on stderr (a traceback) fails the caller."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return [orjson.loads(ln)["error"] for ln in proc.stderr.splitlines()
+            if ln.startswith("{") and orjson.loads(ln)["level"] == "error"]
+
+
+def test_replay_streams_chunks_each_its_own_transaction(kafka: str, tmp_path: Path) -> None:
+    """25 dead letters, chunks of 10: a replay killed before its second commit leaves exactly
+    the first chunk replayed; the next run replays the other 15 in two transactions (10, 5);
+    every dead letter reaches its source topic exactly once."""
+    app_id, src, out = unique("chunks"), unique("chunks-in"), unique("chunks-out")
+    create_topics(kafka, (src, 2), (out, 2), (f"{app_id}-dlq", 2))
+    # Recent timestamps: records from 1970 would roll a segment per batch and be deleted by
+    # retention while the test reads them.
+    now = int(time.time() * 1000)
+    orders = [(f"o{i}".encode(), orjson.dumps({"id": i, "amount": i, "currency": "USD"}),
+               now + i, i % 2) for i in range(25)]
+    io.produce_timed(kafka, src, orders)
+    with running(topology(app_id, src, out, fixed=False), kafka, tmp_path / "s1"):
+        assert io.wait_processed(kafka, app_id, [src])
+    dead = io.read_all(kafka, f"{app_id}-dlq")
+    assert len(dead) == 25 and {r.partition for r in dead} == {0, 1}
+
+    killed = harness.cli(kafka, "dlq", "replay", "--app", app_id, "--chunk-size", "10",
+                         STREAMPROC_TEST_CRASH_AT="before_commit",
+                         STREAMPROC_TEST_CRASH_AFTER="2")
+    assert killed.returncode == -9, killed.stderr
+    assert [(e["chunk"], e["read"], e["replayed"])
+            for e in _events(killed.stderr, "dlq.replay.committed")] == [(1, 10, 10)]
+
+    done = cli(kafka, "replay", "--app", app_id, "--chunk-size", "10")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"replayed 15 record(s) to {src}",
+                                        "15 replayed, 0 filtered out"]
+    committed = _events(done.stderr, "dlq.replay.committed")
+    assert [(e["chunk"], e["read"], e["replayed"]) for e in committed] == [(1, 10, 10),
+                                                                           (2, 5, 5)]
+    # The group ends past every dead letter (and the markers after them), per partition.
+    ends = {p: max(r.offset for r in dead if r.partition == p) for p in (0, 1)}
+    final = {int(p): o for e in committed for p, o in e["offsets"].items()}
+    assert all(final[p] > ends[p] for p in (0, 1)), (final, ends)
+    [completed] = _events(done.stderr, "dlq.replay.completed")
+    assert (completed["records"], completed["replayed"], completed["skipped"],
+            completed["transactions"]) == (15, 15, 0, 2)
+
+    originals = {p: sum(1 for o in orders if o[3] == p) for p in (0, 1)}  # 13 and 12
+    replayed = [r for r in io.read_all(kafka, src) if r.offset >= originals[r.partition]]
+    assert sorted((r.key, r.value, r.timestamp, r.partition) for r in replayed) == \
+        sorted(orders)
+    again = cli(kafka, "replay", "--app", app_id, "--chunk-size", "10")
+    assert again.stdout.splitlines() == ["0 replayed, 0 filtered out"]
+    assert _events(again.stderr, "dlq.replay.committed") == []
+
+
+def test_expected_replay_failures_are_one_line(kafka: str) -> None:
+    app_id, src = unique("forged"), unique("forged-in")
+    missing = cli(kafka, "inspect", "--app", app_id)
+    assert missing.returncode == 2
+    assert _errors(missing) == [f"invalid setting '--app': no dead-letter topic '{app_id}-dlq' "
+                                "(nothing was dead-lettered yet, or the application id is wrong)"]
+
+    # Dead letters are anybody's to write: one naming a topic that does not exist, one naming
+    # the application's own changelog.
+    create_topics(kafka, (f"{app_id}-dlq", 1), (src, 1))
+    io.produce_timed(kafka, f"{app_id}-dlq", [(b"k", b"v", int(time.time() * 1000), 0)],
+                     headers=[("streamproc.topic", b"no-such-topic-y"),
+                              ("streamproc.partition", b"zero")])
+    gone = cli(kafka, "replay", "--app", app_id)
+    assert gone.returncode == 2
+    assert _errors(gone) == [f"invalid setting 'dlq replay': source topic 'no-such-topic-y' of "
+                             f"dead letter 0@0 of {app_id}-dlq does not exist"]
+    io.produce_timed(kafka, f"{app_id}-dlq", [(b"k", b"v", int(time.time() * 1000), 0)],
+                     headers=[("streamproc.topic", f"{app_id}-counts-changelog".encode())])
+    internal = cli(kafka, "replay", "--app", app_id, "--topic", f"{app_id}-counts-changelog")
+    assert internal.returncode == 2
+    assert _errors(internal) == [
+        f"invalid setting 'dlq replay': dead letter 0@1 of {app_id}-dlq names "
+        f"'{app_id}-counts-changelog' as its source: an internal topic of the application is "
+        "never replayed into"]
+    # Nothing was committed: the filters let a replay move past what it leaves alone.
+    skipped = cli(kafka, "replay", "--app", app_id, "--topic", src)
+    assert skipped.stdout.splitlines() == ["0 replayed, 2 filtered out"]

@@ -138,7 +138,7 @@ def test_to_datetime_to_offsets_and_refusal_while_running(kafka: str, tmp_path: 
         refused = _cli(kafka, tmp_path, app_id, source, sink, "--to-earliest")
         assert refused.returncode == 2
         assert refused.stdout == ""
-        assert f"streamproc: cannot reset '{app_id}': its consumer group is stable with 1 " \
+        assert f"cannot reset '{app_id}': its consumer group is stable with 1 " \
                "active member(s)" in refused.stderr
         internal = [*compiled.repartition_topics, f"{app_id}-counts-changelog"]
         assert all(n == 2 for n in TopicAdmin(kafka).partitions(internal).values())

@@ -8,6 +8,7 @@ import pytest
 
 from streamproc import GroupedStream, Stream, Topology, TopologyError, codecs
 from streamproc.graph.compile import compile_topology
+from streamproc.names import NAME_RULE, TOPIC_RULE
 from topologies.wordcount import build
 
 
@@ -347,10 +348,11 @@ def test_group_by_returns_a_grouped_stream():
 
 
 # -- errors ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("app_id", ["", "has space", "-leading", "a/b", "x" * 202, "caf\u00e9"])
+@pytest.mark.parametrize("app_id", ["", "has space", "-leading", "a/b", "caf\u00e9", "app\n"])
 def test_invalid_application_id(app_id):
-    with pytest.raises(TopologyError, match="must be 1-200 characters"):
+    with pytest.raises(TopologyError) as err:
         Topology(app_id)
+    assert str(err.value) == f"application id {app_id!r} is not a valid name ({NAME_RULE})"
 
 
 @pytest.mark.parametrize("app_id", ["a", "word.count_v2-1", "0app", "x" * 200])
@@ -358,9 +360,12 @@ def test_valid_application_ids(app_id):
     assert Topology(app_id).application_id == app_id
 
 
-def test_application_id_of_201_characters_is_refused():
-    with pytest.raises(TopologyError, match="must be 1-200 characters"):
-        Topology("x" * 201)
+@pytest.mark.parametrize("length", [201, 202])
+def test_application_id_over_200_characters_is_refused(length):
+    with pytest.raises(TopologyError) as err:
+        Topology("x" * length)
+    assert str(err.value) == (f"application id {'x' * 60!r}... is {length} characters long, "
+                              "over the limit of 200")
 
 
 def test_duplicate_operator_name():
@@ -373,8 +378,9 @@ def test_duplicate_operator_name():
 
 def test_invalid_operator_name():
     t = Topology("app")
-    with pytest.raises(TopologyError, match="operator name 'a b': use letters"):
+    with pytest.raises(TopologyError) as err:
         t.source("in").map(lambda v: v, name="a b")
+    assert str(err.value) == f"operator name 'a b' is not a valid name ({NAME_RULE})"
 
 
 def test_duplicate_store_name():
@@ -446,10 +452,13 @@ def test_source_needs_a_valid_topic():
     t = Topology("app")
     with pytest.raises(TopologyError, match="source\\(\\) needs at least one topic"):
         t.source()
-    with pytest.raises(TopologyError, match="invalid topic name 'bad topic'"):
+    with pytest.raises(TopologyError) as err:
         t.source("bad topic")
-    with pytest.raises(TopologyError, match="invalid topic name ''"):
+    assert str(err.value) == ("source topic 'bad topic' has characters Kafka does not allow "
+                              f"in a topic name ({TOPIC_RULE})")
+    with pytest.raises(TopologyError) as err:
         t.source("")
+    assert str(err.value) == f"source topic '' is not a topic name ({TOPIC_RULE})"
 
 
 # -- bugs ------------------------------------------------------------------------------------
@@ -470,5 +479,6 @@ def test_branch_arm_name_colliding_with_an_operator_is_a_duplicate():
 
 def test_branch_arm_name_with_invalid_characters():
     t = Topology("app")
-    with pytest.raises(TopologyError, match="use letters"):
+    with pytest.raises(TopologyError) as err:
         t.source("in").branch({"bad name": bool})
+    assert str(err.value) == f"operator name 'branch-2.bad name' is not a valid name ({NAME_RULE})"
