@@ -17,6 +17,7 @@ import structlog
 from streamproc import logs
 from streamproc.codecs.schemas import SCHEMA_DIR_ENV
 from streamproc.config import Settings, flag_for, load_settings
+from streamproc.connection import ConnectionSettings, kafka_connection
 from streamproc.errors import ConfigError, StreamprocError, TopologyError
 from streamproc.loader import load_topology as _load_topology
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("streamproc.cli")
 _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 
-_DICT_SETTINGS = {"consumer_config", "producer_config", "schema_registry_config"}
+_DICT_SETTINGS = {"consumer_config", "producer_config", "schema_registry_config", "kafka_config"}
 
 
 def resolve_brokers(settings: Settings) -> str:
@@ -94,6 +95,31 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
                        help=field.description or f"(env STREAMPROC_{name.upper()})")
 
 
+def _add_connection_flags(p: argparse.ArgumentParser) -> None:
+    """The Kafka connection settings (streamproc/connection.py) for a tool command: it must
+    reach a secured cluster exactly as the application does."""
+    for name, field in ConnectionSettings.model_fields.items():
+        p.add_argument(flag_for(name), dest=name, default=None, metavar="VALUE",
+                       help=field.description or f"(env STREAMPROC_{name.upper()})")
+
+
+def _connection_settings(args: argparse.Namespace, **given: Any) -> Settings:
+    """Settings from the environment, the command's --brokers and its connection flags."""
+    for name in ConnectionSettings.model_fields:
+        value = getattr(args, name, None)
+        if value is not None and name in _DICT_SETTINGS:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(name, f"expected a JSON object: {exc}") from exc
+        given[name] = value
+    return load_settings(brokers=args.brokers, **given)
+
+
+def _connection(settings: Settings) -> dict[str, Any]:
+    return kafka_connection(settings, resolve_brokers(settings))
+
+
 def _settings_from(args: argparse.Namespace) -> Settings:
     given: dict[str, Any] = {}
     for name in Settings.model_fields:
@@ -152,7 +178,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     from streamproc.ops.reset import reset
 
     logs.configure("warning")
-    settings = load_settings(brokers=args.brokers, state_dir=args.state_dir)
+    settings = _connection_settings(args, state_dir=args.state_dir)
     _quiet_clients(settings)
     if not args.timeout > 0:  # also refuses nan
         raise ConfigError("--timeout", f"must be more than 0 seconds, not {args.timeout}")
@@ -164,7 +190,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
         to_datetime = None if args.to_datetime is None else parse_instant(args.to_datetime)
     except ValueError as exc:
         raise ConfigError("--to-datetime", str(exc)) from None
-    sys.stdout.write(reset(resolve_brokers(settings), compiled, settings.state_dir,
+    sys.stdout.write(reset(_connection(settings), compiled, settings.state_dir,
                            dry_run=args.dry_run, to_datetime=to_datetime,
                            offsets_file=Path(args.to_offsets) if args.to_offsets else None,
                            timeout_s=args.timeout))
@@ -202,26 +228,30 @@ def _savepoint(args: argparse.Namespace) -> int:
     if not args.stall_timeout > 0:  # also refuses nan, which would never stall
         raise ConfigError("--stall-timeout", f"must be more than 0 seconds, not "
                           f"{args.stall_timeout}")
-    settings = load_settings(brokers=args.brokers)
+    settings = _connection_settings(args)
     compiled = compile_topology(load_topology(args.topology, _params(args.param)))
     if compiled.application_id != args.app:
         raise ConfigError("--app", f"{args.topology} has application id "
                           f"{compiled.application_id!r}, not {args.app!r}")
-    sp = create(resolve_brokers(settings), compiled, Path(args.to),
+    conn = _connection(settings)
+    sp = create(conn["bootstrap.servers"], compiled, Path(args.to),
                 topology_name=args.topology, wait_stopped_s=args.wait_stopped,
-                stall_s=args.stall_timeout)
+                stall_s=args.stall_timeout, client_config=conn)
     sys.stdout.write(describe(sp))
     return 0
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
     from streamproc.kafka import broker
+    from streamproc.kafka.broker_security import describe as describe_secured
 
     logs.configure()
     data_dir = Path(args.data_dir) if args.data_dir else None
     if args.action == "start":
-        b = broker.start(data_dir=data_dir, port=args.port)
+        b = broker.start(data_dir=data_dir, port=args.port, security=args.security)
         sys.stdout.write(b.bootstrap + "\n")
+        if b.security is not None:
+            sys.stdout.write(describe_secured(b.security))
         return 0
     if args.action == "stop":
         stopped = broker.stop(data_dir=data_dir)
@@ -232,6 +262,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
         sys.stdout.write("not running\n")
         return 1
     sys.stdout.write(running.bootstrap + "\n")
+    if running.security is not None:  # where the client files are; never a secret itself
+        sys.stdout.write(describe_secured(running.security))
     return 0
 
 
@@ -243,18 +275,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, lines=args.lines)
 
 
+def cmd_acls(args: argparse.Namespace) -> int:
+    """Print the ACLs the application needs, as kafka-acls commands (streamproc/kafka/acls.py);
+    touches no cluster."""
+    from streamproc.graph.compile import compile_topology
+    from streamproc.kafka.acls import required_acls
+
+    logs.configure("warning")
+    compiled = compile_topology(load_topology(args.topology, _params(args.param)))
+    if compiled.application_id != args.app:
+        raise ConfigError("--app", f"{args.topology} has application id "
+                          f"{compiled.application_id!r}, not {args.app!r}")
+    if not args.principal.startswith("User:") or len(args.principal) <= len("User:"):
+        raise ConfigError("--principal", f"must be User:NAME, not {args.principal!r}")
+    for acl in required_acls(compiled):
+        sys.stdout.write(acl.command(args.principal, args.bootstrap_server) + "\n")
+    return 0
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     from streamproc.ops import dlq
 
     # A replay's progress lines (every few seconds) and its committed chunks are info lines.
     logs.configure("info" if args.action == "replay" else "warning")
-    settings = load_settings(brokers=args.brokers)
+    settings = _connection_settings(args)
     _quiet_clients(settings)
     if not args.stall_timeout > 0:  # also refuses nan, which would never stall
         raise ConfigError("--stall-timeout", f"must be more than 0 seconds, not "
                           f"{args.stall_timeout}")
     dlq.check_app_id(args.app)
-    bootstrap = resolve_brokers(settings)
+    bootstrap = _connection(settings)
     if args.action == "inspect":
         if args.limit is not None and args.limit < 1:
             raise ConfigError("--limit", f"must be at least 1, not {args.limit}")
@@ -295,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help='JSON {"topic": {"partition": offset}} for every source partition')
     rst.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     rst.add_argument("--brokers", default=None, help="(env STREAMPROC_BROKERS)")
+    _add_connection_flags(rst)
     rst.add_argument("--state-dir", dest="state_dir", default=None,
                      help="(env STREAMPROC_STATE_DIR) whose {app} directory is deleted")
     rst.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -317,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fail when reading the changelogs makes no progress for this long "
                      "(default 60; a large state takes as long as it takes)")
     spc.add_argument("--brokers", default=None, help="(env STREAMPROC_BROKERS)")
+    _add_connection_flags(spc)
     spc.set_defaults(func=cmd_savepoint)
     spi = sp_sub.add_parser("inspect", help="summarise a savepoint (and verify its checksums)")
     spi.add_argument("path", metavar="DIR")
@@ -327,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("action", choices=["start", "stop", "status"])
     kafka.add_argument("--data-dir", default=None)
     kafka.add_argument("--port", type=int, default=None)
+    kafka.add_argument("--security", choices=["plaintext", "sasl_ssl"], default="plaintext",
+                       help="start: sasl_ssl for SCRAM-SHA-512 and mTLS listeners with ACLs "
+                       "enforced (docs/security.md); a data dir keeps its first mode")
     kafka.set_defaults(func=cmd_kafka)
 
     demo = sub.add_parser("demo", help="wordcount on the local broker, fed by a generator")
@@ -335,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     from streamproc.ops import dlq as dlq_defaults
+
+    acl = sub.add_parser("acls", help="print the ACLs an application's principal needs, as "
+                         "kafka-acls commands (least privilege; docs/security.md)")
+    acl.add_argument("--app", required=True, help="application id (must match the topology's)")
+    acl.add_argument("--topology", required=True, help="module or module:attr of the app")
+    acl.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="keyword argument of a topology factory (repeatable)")
+    acl.add_argument("--principal", default="User:APP", help="the application's principal "
+                     "(User:NAME; default a placeholder)")
+    acl.add_argument("--bootstrap-server", default="BOOTSTRAP", help="written into each "
+                     "command (default a placeholder)")
+    acl.set_defaults(func=cmd_acls)
 
     dlq = sub.add_parser("dlq", help="inspect or replay an application's dead-letter topic")
     dlq_sub = dlq.add_subparsers(dest="action", required=True)
@@ -361,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"for this long (default {dlq_defaults.DEFAULT_STALL_S:g}; a large "
                        "topic takes as long as it takes)")
         p.add_argument("--brokers", default=None, help="(env STREAMPROC_BROKERS)")
+        _add_connection_flags(p)
         p.set_defaults(func=cmd_dlq)
     return parser
 

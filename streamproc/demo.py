@@ -15,6 +15,7 @@ from collections import Counter
 import structlog
 
 from streamproc.config import Settings
+from streamproc.connection import kafka_connection
 from streamproc.kafka import io
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
 
@@ -40,12 +41,14 @@ def run_demo(settings: Settings, *, lines: int) -> int:
     topology = load_topology("topologies.wordcount")
 
     started_here = settings.brokers is None and broker.status() is None
-    bootstrap = settings.brokers or broker.start().bootstrap
-    admin = TopicAdmin(bootstrap)
+    servers = settings.brokers or broker.start().bootstrap
+    # Every client connects as the settings say (streamproc/connection.py).
+    bootstrap = kafka_connection(settings, servers)
+    admin = TopicAdmin(servers, client_config=bootstrap)
     admin.create([TopicSpec("text-lines", 4), TopicSpec("word-counts", 4)])
     io.produce(bootstrap, "text-lines", ((None, line.encode()) for line in generate_lines(lines)))
 
-    app = Application(topology, settings, bootstrap=bootstrap)
+    app = Application(topology, settings, bootstrap=servers)
     runner = threading.Thread(target=app.run, name="wordcount", daemon=True)
     runner.start()
     # Upstream first: the repartition topic only stops growing once text-lines is done.
@@ -64,12 +67,12 @@ def run_demo(settings: Settings, *, lines: int) -> int:
     for rec in io.read_all(bootstrap, "word-counts"):
         latest[(rec.key or b"").decode()] = int(rec.value or b"0")
     out = sys.stdout
-    out.write(f"\nwordcount on {bootstrap}: {sum(expected.values())} words in "
+    out.write(f"\nwordcount on {servers}: {sum(expected.values())} words in "
               f"{len(expected)} distinct, top 10:\n")
     for word, count in sorted(latest.items(), key=lambda kv: (-kv[1], kv[0]))[:10]:
         out.write(f"  {word:<12} {count}\n")
     if started_here:
-        out.write(f"(the local broker keeps running at {bootstrap}; "
+        out.write(f"(the local broker keeps running at {servers}; "
                   "`streamproc kafka stop` stops it)\n")
     if latest == dict(expected):
         out.write("verified: every count equals a batch count of all of text-lines\n")

@@ -917,7 +917,8 @@ def run(bootstrap: str, records: int, seed: int, work_dir: Path, *, kill: bool,
             report.crashes += 1
             report.general.append(f"the instance exited with {code} on SIGTERM")
     for line in app.log_text().splitlines():
-        if '"instance.crashed"' in line or '"instance.failed"' in line:
+        if any(f'"{e}"' in line for e in ("instance.crashed", "instance.failed",
+                                          "instance.stopped_on_error")):
             report.general.append(f"instance log: {line[:400]}")
     locate(bootstrap, src, cases)
     check(bootstrap, app_id, src, sink, cases, report)

@@ -20,8 +20,17 @@ from streamproc.types import Headers
 Bootstrap = str | Mapping[str, Any]
 
 
-def _base(bootstrap: Bootstrap) -> dict[str, Any]:
+def client_base(bootstrap: Bootstrap) -> dict[str, Any]:
+    """The client config a :data:`Bootstrap` stands for."""
     return {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
+
+
+def servers_of(bootstrap: Bootstrap) -> str:
+    """The bootstrap servers alone: what a message may show (never the secrets beside them)."""
+    return bootstrap if isinstance(bootstrap, str) else str(bootstrap.get("bootstrap.servers"))
+
+
+_base = client_base
 
 
 @dataclass(frozen=True)

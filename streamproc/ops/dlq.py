@@ -36,6 +36,7 @@ from streamproc.errors import ConfigError, StreamprocError
 from streamproc.graph.naming import dead_letter_topic
 from streamproc.kafka import io
 from streamproc.kafka.clients import new_consumer, new_producer
+from streamproc.kafka.io import Bootstrap, client_base, servers_of
 from streamproc.names import describe_problem, name_problem, shown, topic_problem
 from streamproc.ops.instances import instances_topic
 from streamproc.progress import Progress, Stalled
@@ -111,19 +112,19 @@ def check_app_id(app_id: str) -> None:
         raise ConfigError("--app", describe_problem("application id", app_id, problem))
 
 
-def _consumer(bootstrap: str, group: str) -> Consumer:
-    return new_consumer({"bootstrap.servers": bootstrap, "group.id": group,
+def _consumer(bootstrap: Bootstrap, group: str) -> Consumer:
+    return new_consumer({**client_base(bootstrap), "group.id": group,
                          "isolation.level": "read_committed", "enable.auto.commit": False,
                          "enable.partition.eof": True, "auto.offset.reset": "earliest",
                          "logger": COMMAND_CLIENT_LOG})
 
 
-def _kafka(what: str, bootstrap: str, exc: KafkaException) -> StreamprocError:
-    return StreamprocError(f"{what}: {exc.args[0]} (is Kafka reachable at {bootstrap}? "
+def _kafka(what: str, bootstrap: Bootstrap, exc: KafkaException) -> StreamprocError:
+    return StreamprocError(f"{what}: {exc.args[0]} (is Kafka reachable at {servers_of(bootstrap)}? "
                            "check STREAMPROC_BROKERS)")
 
 
-def _partitions(consumer: Consumer, topic: str, bootstrap: str, timeout_s: float) -> list[int]:
+def _partitions(consumer: Consumer, topic: str, bootstrap: Bootstrap, timeout_s: float) -> list[int]:
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
     except KafkaException as exc:
@@ -214,7 +215,7 @@ def _matches(r: DeadLetterRecord, error_types: list[str] | None, topic: str | No
 # -- inspect --------------------------------------------------------------------------------
 
 
-def inspect(bootstrap: str, app_id: str, *, error_types: list[str] | None = None,
+def inspect(bootstrap: Bootstrap, app_id: str, *, error_types: list[str] | None = None,
             topic: str | None = None, limit: int | None = None, as_json: bool = False,
             out: TextIO = sys.stdout, stall_s: float = DEFAULT_STALL_S) -> int:
     """Print the dead letters (oldest first per partition); returns how many were printed."""
@@ -291,7 +292,7 @@ class ReplaySummary:
     transactions: int = 0  # chunks committed
 
 
-def replay(bootstrap: str, app_id: str, *, error_types: list[str] | None = None,
+def replay(bootstrap: Bootstrap, app_id: str, *, error_types: list[str] | None = None,
            topic: str | None = None, dry_run: bool = False, from_beginning: bool = False,
            out: TextIO = sys.stdout, chunk_size: int = DEFAULT_CHUNK_SIZE,
            stall_s: float = DEFAULT_STALL_S, every_s: float = PROGRESS_EVERY_S,
@@ -391,7 +392,7 @@ def _print_dry(out: TextIO, chosen: list[DeadLetterRecord]) -> None:
 class _Sender:
     """The transactional producer of a replay: one transaction per chunk."""
 
-    def __init__(self, bootstrap: str, app_id: str, consumer: Consumer, dlq: str,
+    def __init__(self, bootstrap: Bootstrap, app_id: str, consumer: Consumer, dlq: str,
                  timeout_s: float) -> None:
         self._app_id = app_id
         self._bootstrap = bootstrap
@@ -399,7 +400,7 @@ class _Sender:
         self._dlq = dlq
         self._timeout_s = timeout_s
         self._partition_counts: dict[str, int] = {}
-        self._producer = new_producer({"bootstrap.servers": bootstrap,
+        self._producer = new_producer({**client_base(bootstrap),
                                        "transactional.id": f"{app_id}-dlq-replay",
                                        "enable.idempotence": True, "linger.ms": 5,
                                        "logger": COMMAND_CLIENT_LOG})

@@ -50,6 +50,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from streamproc.errors import ConfigError, StreamprocError
 from streamproc.graph.compile import CompiledTopology
 from streamproc.kafka.clients import new_admin
+from streamproc.kafka.io import Bootstrap, client_base
 from streamproc.ops.dlq import COMMAND_CLIENT_LOG
 from streamproc.ops.instances import instances_topic
 from streamproc.runtime.statedir import StateDir
@@ -277,12 +278,12 @@ def execute(admin: AdminClient, plan: ResetPlan, timeout_s: float = 30.0) -> Non
         shutil.rmtree(plan.state_dir)
 
 
-def reset(bootstrap: str, compiled: CompiledTopology, state_root: Path, *, dry_run: bool,
+def reset(bootstrap: Bootstrap, compiled: CompiledTopology, state_root: Path, *, dry_run: bool,
           to_datetime: int | None = None, offsets_file: Path | None = None,
           timeout_s: float = 30.0) -> str:
     """Plan, and unless ``dry_run`` carry out, a reset; returns the report for stdout."""
     # librdkafka's own lines go to a logger the CLI keeps quiet (cli._quiet_clients).
-    admin = new_admin({"bootstrap.servers": bootstrap, "logger": COMMAND_CLIENT_LOG})
+    admin = new_admin({**client_base(bootstrap), "logger": COMMAND_CLIENT_LOG})
     to_offsets = read_offsets_file(offsets_file) if offsets_file is not None else None
     plan = plan_reset(admin, compiled, state_root, to_datetime=to_datetime,
                       to_offsets=to_offsets, offsets_file=offsets_file, timeout_s=timeout_s)

@@ -26,7 +26,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from streamproc.api.topology import Topology
 from streamproc.config import Settings
 from streamproc.connection import kafka_connection
-from streamproc.errors import ProcessingFailed, TransactionAborted
+from streamproc.errors import ProcessingFailed, StreamprocError, TransactionAborted
 from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import CompiledTopology, compile_topology
 from streamproc.kafka.acls import NotAuthorized, refusal
@@ -142,6 +142,12 @@ class Application:
         except NotAuthorized as exc:  # a configuration problem: one line, no traceback
             self._failed = exc
             log.error("instance.not_authorized", error=str(exc))
+        except StreamprocError as exc:
+            # An expected failure the engine raised on purpose (a stalled restore, a state
+            # schema that no longer decodes, an unreachable registry): one line that says it.
+            self._failed = exc
+            log.error("instance.stopped_on_error", error=str(exc),
+                      error_type=type(exc).__name__)
         except Exception as exc:
             self._failed = exc
             log.exception("instance.crashed", error=str(exc))
