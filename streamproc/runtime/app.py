@@ -157,6 +157,11 @@ class Application:
 
     # -- observation (streamproc/ops reads these on the loop's thread) ---------------------------
     @property
+    def failure(self) -> BaseException | None:
+        """Why the instance stopped, once it stopped on an error (None while it runs)."""
+        return self._failed
+
+    @property
     def consumer(self) -> Consumer | None:
         return self._consumer
 

@@ -47,12 +47,14 @@ def resolve(compiled: CompiledTopology, admin: Topics, dlq_partitions: int = 1) 
     if missing:
         raise TopologyError(
             f"source topic(s) {', '.join(missing)} of {compiled.application_id!r} do not exist: "
-            "create them first (streamproc never creates user topics)")
+            "create them first (streamproc never creates user topics; on a cluster with ACLs a "
+            "topic the principal may not Describe looks missing too: see streamproc acls)")
     missing_sinks = [t for t in compiled.sink_topics if existing[t] is None]
     if missing_sinks:
         raise TopologyError(
             f"sink topic(s) {', '.join(missing_sinks)} of {compiled.application_id!r} do not "
-            "exist: create them first (streamproc never creates user topics)")
+            "exist: create them first (streamproc never creates user topics; on a cluster with "
+            "ACLs a topic the principal may not Describe looks missing too: see streamproc acls)")
 
     counts: dict[str, int] = {t: n for t, n in existing.items() if n is not None}
     tasks: dict[int, int] = {}

@@ -25,8 +25,10 @@ def test_run_and_reset_with_a_missing_source_topic(kafka: str, tmp_path: Path) -
     env = {"T_APP": app, "T_IN": src, "T_OUT": out, "STREAMPROC_STATE_DIR": str(tmp_path)}
     run = cli(kafka, "run", "tests.apps:wordcount", **env)
     assert run.returncode == 2
-    assert errors(run.stderr) == [f"source topic(s) {src} of {app!r} do not exist: create them "
-                                  "first (streamproc never creates user topics)"]
+    assert errors(run.stderr) == [
+        f"source topic(s) {src} of {app!r} do not exist: create them first (streamproc never "
+        "creates user topics; on a cluster with ACLs a topic the principal may not Describe "
+        "looks missing too: see streamproc acls)"]
 
     reset = cli(kafka, "reset", "--app", app, "--topology", "tests.apps:wordcount", **env)
     assert reset.returncode == 2
