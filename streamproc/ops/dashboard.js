@@ -318,13 +318,31 @@ function render(s) {
 let topologyShown = false;
 let lastOk = null;
 
+// With http_auth_token set, /status and /topology need "Authorization: Bearer <token>". A
+// browser sends no such header by itself, so the page asks once and keeps the token for this
+// tab only (sessionStorage: gone when the tab closes, never sent to another origin).
+const TOKEN_KEY = "streamproc.token";
+let tokenRefused = false;
+
+async function get(path) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const r = await fetch(path, { cache: "no-store", headers });
+  if (r.status !== 401 || tokenRefused) return r;
+  const given = window.prompt("This instance needs its HTTP token (http_auth_token):");
+  if (!given) { tokenRefused = true; return r; }  // asked once: reload the page to retry
+  sessionStorage.setItem(TOKEN_KEY, given.trim());
+  return get(path);
+}
+
 async function refresh() {
   try {
     if (!topologyShown) {
-      const t = await fetch("topology", { cache: "no-store" });
+      const t = await get("topology");
       if (t.ok) { drawTopology(await t.json()); topologyShown = true; }
     }
-    const r = await fetch("status", { cache: "no-store" });
+    const r = await get("status");
+    if (r.status === 401) throw new Error("401: a token is needed (reload to enter it)");
     if (!r.ok) throw new Error(`status ${r.status}`);
     render(await r.json());
     lastOk = Date.now();

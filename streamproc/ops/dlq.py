@@ -124,7 +124,8 @@ def _kafka(what: str, bootstrap: Bootstrap, exc: KafkaException) -> StreamprocEr
                            "check STREAMPROC_BROKERS)")
 
 
-def _partitions(consumer: Consumer, topic: str, bootstrap: Bootstrap, timeout_s: float) -> list[int]:
+def _partitions(consumer: Consumer, topic: str, bootstrap: Bootstrap,
+                timeout_s: float) -> list[int]:
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
     except KafkaException as exc:

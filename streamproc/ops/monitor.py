@@ -101,29 +101,47 @@ class InstanceMonitor:
         self._instance_id = instance_id
         if not self.enabled:
             return
-        from streamproc.ops.http import HttpContext, HttpServer, build_app
+        from pydantic import SecretStr
+
+        from streamproc.errors import ConfigError
+        from streamproc.ops.auth import AuthPolicy
+        from streamproc.ops.endpoint import BadEndpoint, parse_endpoint
+        from streamproc.ops.http import HttpContext, HttpServer, TlsFiles, build_app
         from streamproc.ops.instances import advertised_url
         from streamproc.ops.prometheus import InstanceMetrics
         from streamproc.ops.query import QueryState  # also registers the /state routes
 
         s, app = self._app.settings, self._app
         self._metrics = InstanceMetrics(self.board)
-        self.query = QueryState(app)
+        token = s.secret("http_auth_token")
+        tls = None if s.http_tls_cert_file is None or s.http_tls_key_file is None else \
+            TlsFiles(s.http_tls_cert_file, s.http_tls_key_file, s.http_tls_key_password)
+        self.query = QueryState(app) if s.http_state_enabled else None
         ctx = HttpContext(board=self.board, metrics=self._metrics, app=app,
-                          topology=topology_json(app))
+                          topology=topology_json(app),
+                          auth=AuthPolicy(SecretStr(token) if token is not None else None,
+                                          s.http_auth_probes, s.http_auth_metrics),
+                          on_shutdown=(self.query.peers.aclose,) if self.query else ())
         assert s.http_port is not None
-        self._server = HttpServer(build_app(ctx), s.http_host, s.http_port)
+        self._server = HttpServer(build_app(ctx), s.http_host, s.http_port, tls)
         self.port = self._server.start()
         try:
-            self.query.start(instance_id, advertised_url(s.http_advertised_url, s.http_host,
-                                                         self.port))
+            url = advertised_url(s.http_advertised_url, s.http_host, self.port, tls is not None)
+            try:
+                parse_endpoint(url)  # what every other instance will check it against
+            except BadEndpoint as exc:
+                raise ConfigError("http_advertised_url (env STREAMPROC_HTTP_ADVERTISED_URL, "
+                                  "flag --http-advertised-url)", f"{url}: {exc}") from None
+            if self.query is not None:
+                self.query.start(instance_id, url)
         except Exception:
             self._server.stop()  # the instance does not start: neither does its endpoint
             self._server = None
             raise
         self._state = "running"
         self.publish(time.monotonic())
-        log.info("http.listening", host=s.http_host, port=self.port)
+        log.info("http.listening", host=s.http_host, port=self.port, tls=tls is not None,
+                 auth=token is not None)
 
     def tick(self, now: float) -> None:
         """Once per loop iteration (``now``: time.monotonic())."""

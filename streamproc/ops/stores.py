@@ -29,6 +29,7 @@ from streamproc.state.windowed import WindowState, split_window_key
 StoreKind = Literal["key-value", "window", "timers", "time"]
 _START = struct.Struct(">q")
 _WINDOW_KEY_BYTES = 16  # start and end, big-endian signed 64-bit (state/windowed.py)
+_FIRST_NEGATIVE = b"\x80"  # the first byte of every negative big-endian start
 MAX_TIME = 2**63 - 1
 
 
@@ -200,14 +201,35 @@ class TimeRange:
     start: int = -MAX_TIME - 1
     end: int = MAX_TIME
 
-    def scan_bounds(self) -> tuple[bytes | None, bytes | None]:
-        """Key bytes bounding the scan. Starts are signed big-endian, so negative ones sort
-        after all others: narrow the scan only where that cannot skip a match."""
-        if self.start < 0:
-            return None, None
-        lo = _START.pack(self.start)
-        hi = _START.pack(self.end + 1) if 0 <= self.end < MAX_TIME else None
-        return lo, hi
+
+def window_ranges(span: TimeRange) -> list[tuple[bytes | None, bytes | None]]:
+    """The key ranges that hold the windows starting in ``span``, in the numeric order of the
+    start. A window key begins with its start (signed big-endian, state/windowed.py), so the
+    scan seeks straight to ``span``'s first start; negative starts sort after every other one
+    in byte order, so they get a range of their own, read first."""
+    lo, hi = span.start, span.end
+    out: list[tuple[bytes | None, bytes | None]] = []
+    if lo < 0 and lo <= min(hi, -1):
+        top = min(hi, -1) + 1
+        out.append((_START.pack(lo), _START.pack(top) if top < 0 else None))
+    if hi >= 0 and lo <= hi:
+        out.append((_START.pack(max(lo, 0)), _START.pack(hi + 1) if hi < MAX_TIME
+                    else _FIRST_NEGATIVE))
+    return out
+
+
+def prefix_range(start: bytes | None, stop: bytes | None, prefix: bytes | None
+                 ) -> tuple[bytes | None, bytes | None]:
+    """``[start, stop)`` narrowed to the keys beginning with ``prefix``: a seek to the prefix
+    and a stop right after its last possible key, never a scan of the rest."""
+    if prefix is None or not prefix:
+        return start, stop
+    start = prefix if start is None or start < prefix else start
+    end = prefix.rstrip(b"\xff")
+    after = end[:-1] + bytes([end[-1] + 1]) if end else None  # None: all-0xff, to the end
+    if after is not None and (stop is None or after < stop):
+        stop = after
+    return start, stop
 
 
 def window_keep(span: TimeRange, key: bytes | None = None,
@@ -241,29 +263,54 @@ def window_row(info: StoreInfo, raw_key: bytes, state: WindowState,
     return row
 
 
+@dataclass(frozen=True)
+class Page:
+    """What one partition's read found. ``resume``: where the scan budget ran out (a
+    window start in ms, or for key-value stores the decoded key), None when it did not."""
+
+    rows: list[dict[str, Any]]
+    resume: Any = None
+
+    @property
+    def scan_limited(self) -> bool:
+        return self.resume is not None
+
+
+def _window_start(raw: bytes) -> int:
+    # A key too short to be a window's (not written by the engine) sorts as the earliest.
+    return int(_START.unpack_from(raw)[0]) if len(raw) >= _START.size else -MAX_TIME - 1
+
+
 def read_windows(info: StoreInfo, store: KeyValueStore, key: bytes, span: TimeRange,
-                 limit: int) -> list[dict[str, Any]]:
-    """One key's windows with a start in ``span``, earliest first (at most ``limit``)."""
-    lo, hi = span.scan_bounds()
-    rows = store.scan(lo, hi, None, limit, window_keep(span, key=key))
-    return sorted((window_row(info, k, v) for k, v in rows),
-                  key=lambda r: (r["start"], r["end"]))
+                 limit: int, max_scan: int = 100_000) -> Page:
+    """One key's windows with a start in ``span``, earliest first (at most ``limit``),
+    reading at most ``max_scan`` entries: every key's windows are interleaved by start, so
+    the scan seeks to ``span`` and filters by key."""
+    rows, resume = store.scan_ranges(window_ranges(span), limit, window_keep(span, key=key),
+                                     max_scan)
+    out = sorted((window_row(info, k, v) for k, v in rows),
+                 key=lambda r: (r["start"], r["end"]))
+    return Page(out, _window_start(resume) if resume is not None else None)
 
 
 def list_partition(info: StoreInfo, store: KeyValueStore, partition: int, limit: int, *,
                    start: bytes | None = None, stop: bytes | None = None,
-                   prefix: bytes | None = None, span: TimeRange | None = None
-                   ) -> list[dict[str, Any]]:
-    """Up to ``limit`` rows of one partition: key-value rows in key order (``start``/``stop``
-    bound the key bytes, ``prefix`` selects), window rows in (start, end, key) order
-    (``span`` bounds the start, ``prefix`` selects by group key)."""
+                   prefix: bytes | None = None, span: TimeRange | None = None,
+                   max_scan: int = 100_000) -> Page:
+    """Up to ``limit`` rows of one partition, reading at most ``max_scan`` entries: key-value
+    rows in key order (``start``/``stop`` bound the key bytes, ``prefix`` selects), window
+    rows in (start, end, key) order (``span`` bounds the start, ``prefix`` selects by group
+    key, which cannot narrow the scan: keys begin with the window's start)."""
     if info.kind == "window":
-        span = span or TimeRange()
-        lo, hi = span.scan_bounds()
-        rows = store.scan(lo, hi, None, limit, window_keep(span, prefix=prefix))
-        return [window_row(info, k, v, partition) for k, v in rows]
-    return [{"key": decode_key(info, k), "value": v, "partition": partition}
-            for k, v in store.scan(start, stop, prefix, limit)]
+        rows, resume = store.scan_ranges(window_ranges(span or TimeRange()), limit,
+                                         window_keep(span or TimeRange(), prefix=prefix),
+                                         max_scan)
+        return Page([window_row(info, k, v, partition) for k, v in rows],
+                    _window_start(resume) if resume is not None else None)
+    rows, resume = store.scan_ranges([prefix_range(start, stop, prefix)], limit, None,
+                                     max_scan)
+    return Page([{"key": decode_key(info, k), "value": v, "partition": partition}
+                 for k, v in rows], decode_key(info, resume) if resume is not None else None)
 
 
 def row_order(info: StoreInfo, row: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -16,15 +17,24 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from confluent_kafka import Producer
 
 from streamproc import Topology, codecs, windows
 from streamproc.kafka import io
 from streamproc.kafka.partitioner import partition_for
+from streamproc.ops.instances import (
+    MAC_HEADER,
+    encode_entry,
+    entry_mac,
+    instances_topic,
+    registry_key,
+)
 from streamproc.ops.query import FORWARDED
 from streamproc.runtime.app import Application
 from streamproc.types import TaskId
 from tests.harness import create_topics, running, unique
-from tests.ops_client import base_url, get_json, wait_until
+from tests.local_http import json_answer, local_server
+from tests.ops_client import base_url, by_label, get_json, scrape, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -272,3 +282,74 @@ def test_two_instances_answer_every_key(kafka: str, tmp_path: Path,
         wait_until("the tombstone", lambda: [
             i["instance"] for i in get_json(urls["a"] + "/state")[1]["instances"]],
             lambda got: got == [ids["a"]], timeout_s=10)
+
+
+SECRET = "registry-secret-0123456789"
+
+
+def test_forged_registry_entries_are_ignored(kafka: str, tmp_path: Path,
+                                             setup: dict[str, Any]) -> None:
+    """Records written into ``{app}-instances`` by a bare producer, as anyone with write
+    access to the topic could: none of the forged ones is taken (the instance never asks
+    their URL), each is counted by reason; a correctly signed one is taken, which shows that
+    a taken entry would have been asked."""
+    app_id, topology = setup["app_id"], setup["topology"]
+    topic = instances_topic(app_id)
+    key = registry_key(SECRET)
+    listing = json.dumps({"partitions": [], "restoring": [], "items": []}).encode()
+    with running(topology, kafka, tmp_path / "a", http_port=0, static_membership=False,
+                 http_registry_signing_key=SECRET) as a, \
+            local_server(lambda _: json_answer(listing)) as trap:
+        base = base_url(a)
+        me = wait_until("/state", lambda: get_json(base + "/state"),
+                        lambda r: r[0] == 200 and bool(r[1]["instances"]))[1]["instance"]
+
+        def entry(name: str, url: str = trap.url, tasks: tuple[TaskId, ...] = (TaskId(0, 0),)
+                  ) -> bytes:
+            return encode_entry(name, url, tasks, [], 0, int(time.time() * 1000))
+
+        def signed(name: str, value: bytes | None, secret_key: bytes = key
+                   ) -> list[tuple[str, bytes]]:
+            return [(MAC_HEADER, entry_mac(secret_key, topic, name.encode(), value))]
+
+        forged = [
+            ("forged-unsigned", entry("forged-unsigned"), None),
+            ("forged-badsig", entry("forged-badsig"),
+             signed("forged-badsig", entry("forged-badsig"), registry_key("x" * 20))),
+            ("forged-metadata", v := entry("forged-metadata", "http://169.254.169.254:80"),
+             signed("forged-metadata", v)),
+            ("forged-fragment", v2 := entry("forged-fragment", trap.url + "/#"),
+             signed("forged-fragment", v2)),
+            ("forged-task", v3 := entry("forged-task", tasks=(TaskId(0, 99),)),
+             signed("forged-task", v3)),
+            (me, None, None),  # an unsigned tombstone for the live instance
+        ]
+        producer = Producer({"bootstrap.servers": kafka})
+        for name, value, headers in forged:
+            producer.produce(topic, value, name.encode(), headers=headers)
+        assert producer.flush(10) == 0
+
+        def rejected() -> dict[str, float]:
+            return by_label(scrape(base), "streamproc_registry_records_rejected_total",
+                            "reason")
+
+        assert wait_until("the forged records counted", rejected,
+                          lambda r: sum(r.values()) >= 6) == {
+            "unsigned": 2.0, "bad_signature": 1.0, "bad_url": 2.0, "unknown_task": 1.0}
+        code, state = get_json(base + "/state")
+        assert [i["instance"] for i in state["instances"]] == [me]
+        code, body = get_json(base + "/state/counts?scope=all")
+        assert (code, body["instances"], body["errors"]) == (200, [me], [])
+        assert trap.seen == []  # nobody asked the forged URLs
+
+        # The control: an entry signed with the application's key is taken and asked.
+        producer.produce(topic, entry("legit"), b"legit",
+                         headers=signed("legit", entry("legit")))
+        assert producer.flush(10) == 0
+        wait_until("the signed entry", lambda: [
+            i["instance"] for i in get_json(base + "/state")[1]["instances"]],
+            lambda got: got == sorted([me, "legit"]))
+        code, body = get_json(base + "/state/counts?scope=all")
+        assert (code, body["instances"]) == (200, [me, "legit"])
+        assert [s.path.split("?")[0] for s in trap.seen] == ["/state/counts"]
+        assert trap.seen[0].headers["x-streamproc-forwarded-by"] == me

@@ -180,7 +180,7 @@ def test_topology_status_and_dashboard(served: Served) -> None:
     assert b'<script src="dashboard.js"></script>' in page
     code, ctype, js = get(served.base + "/dashboard.js")
     assert (code, ctype) == (200, "text/javascript; charset=utf-8")
-    assert b'fetch("status"' in js
+    assert b'get("status")' in js
     assert get(served.base + "/dashboard.css")[0] == 200
     assert get(served.base + "/nope")[0] == 404
 
