@@ -40,15 +40,29 @@ from streamproc.kafka.broker_provision import (
     _java_hint,
     _log4j2_xml,
     _server_properties,
+    _storage_formatted,
     _tail_text,
     default_home,
     resolve_classpath,
+)
+from streamproc.kafka.broker_security import (
+    ClientMode,
+    SecuredBroker,
+    Security,
+    prepare,
+    recorded_security,
+    scram_format_args,
+    secured_broker,
+    server_settings,
+    state_fields,
+    write_private,
 )
 
 __all__ = [
     "KAFKA_VERSION",
     "BrokerError",
     "LocalBroker",
+    "SecuredBroker",
     "default_home",
     "resolve_classpath",
     "start",
@@ -80,18 +94,21 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 @dataclass(frozen=True)
 class LocalBroker:
-    """A running local broker, as recorded in ``data_dir/broker.json``."""
+    """A running local broker, as recorded in ``data_dir/broker.json``; ``security`` is set
+    when started with ``security="sasl_ssl"`` (``bootstrap`` is then its SASL_SSL listener)."""
 
     bootstrap: str
     data_dir: Path
     pid: int
+    security: SecuredBroker | None = None
 
 
 # --------------------------------------------------------------------------- lifecycle
 
 
 def start(
-    data_dir: Path | None = None, port: int | None = None, timeout_s: float = 90.0
+    data_dir: Path | None = None, port: int | None = None, timeout_s: float = 90.0,
+    security: Security = "plaintext",
 ) -> LocalBroker:
     """Start (or find) the broker that owns ``data_dir`` and wait until it is usable.
 
@@ -104,12 +121,21 @@ def start(
     (after waiting for it to become ready). ``port=None`` reuses the previous
     port when it is still free, else picks a free one. ``timeout_s`` bounds the
     launch and readiness wait, not the one-time jar download.
+
+    ``security="sasl_ssl"``: the secured broker of :mod:`broker_security` (``port``
+    is its SASL_SSL port); a data dir keeps its first mode (else BrokerError).
     """
     data_dir = _resolve_data_dir(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(data_dir / _LOCK_FILE):
         existing = _read_state(data_dir)
         if existing is not None and _is_running_broker(existing.pid, data_dir):
+            if (existing.security is not None) != (security == "sasl_ssl"):
+                mode = "plaintext" if existing.security is None else "sasl_ssl"
+                raise BrokerError(
+                    f"the broker for {data_dir} already running on {existing.bootstrap} has "
+                    f"security {mode!r}, not {security!r}; stop it first, or use another "
+                    "data dir")
             recorded_port = _port_of(existing.bootstrap)
             if port is not None and port != recorded_port:
                 raise BrokerError(
@@ -124,15 +150,18 @@ def start(
             # Recorded broker is gone (crash, reboot, kill -9): forget its pid.
             _forget_pid(data_dir)
 
+        prepare(data_dir, security, formatted=_storage_formatted(data_dir))
         java = _find_java()
         classpath = resolve_classpath()
         previous = _read_raw_state(data_dir)
         attempts = 1 if port is not None else _LAUNCH_ATTEMPTS_AUTO_PORT
         for attempt in range(1, attempts + 1):
             broker_port, controller_port = _choose_ports(port, previous)
+            extra_ports = (_choose_secured_ports(previous, {broker_port, controller_port})
+                           if security == "sasl_ssl" else None)
             try:
                 return _launch(java, classpath, data_dir, broker_port, controller_port,
-                               timeout_s=timeout_s)
+                               timeout_s=timeout_s, extra_ports=extra_ports)
             except _PortRaceError as exc:
                 if attempt == attempts:
                     raise BrokerError(
@@ -176,7 +205,7 @@ def status(data_dir: Path | None = None) -> LocalBroker | None:
     state = _read_state(data_dir)
     if state is None or not _is_running_broker(state.pid, data_dir):
         return None
-    if not _metadata_answers(state.bootstrap, timeout_s=5.0):
+    if not _metadata_answers(state, timeout_s=5.0):
         return None
     return state
 
@@ -190,14 +219,21 @@ class _PortRaceError(BrokerError):
 
 def _launch(
     java: str, classpath: str, data_dir: Path, broker_port: int, controller_port: int,
-    *, timeout_s: float,
+    *, timeout_s: float, extra_ports: dict[str, int] | None = None,
 ) -> LocalBroker:
     deadline = time.monotonic() + timeout_s
     server_properties = data_dir / _SERVER_PROPERTIES
-    server_properties.write_text(_server_properties(data_dir, broker_port, controller_port))
+    secured = None if extra_ports is None else secured_broker(
+        data_dir, {"sasl": broker_port, "controller": controller_port, **extra_ports})
+    if secured is None:
+        server_properties.write_text(_server_properties(data_dir, broker_port, controller_port))
+    else:  # 0600: the secured broker's config holds its keystore password
+        write_private(server_properties, _server_properties(
+            data_dir, broker_port, controller_port, server_settings(secured)))
     log4j_config = data_dir / _LOG4J_CONFIG
     log4j_config.write_text(_log4j2_xml(data_dir / _BROKER_LOG))
-    _format_storage_once(java, classpath, data_dir, server_properties)
+    _format_storage_once(java, classpath, data_dir, server_properties,
+                         scram_format_args(secured) if secured is not None else None)
 
     cmd = [
         java, *_heap_options(),
@@ -215,7 +251,7 @@ def _launch(
     ]
     bootstrap = f"127.0.0.1:{broker_port}"
     log.info("kafka.broker.starting", bootstrap=bootstrap, data_dir=str(data_dir),
-             kafka_version=KAFKA_VERSION)
+             kafka_version=KAFKA_VERSION, secured=secured is not None)
     started = time.monotonic()
     # Error reports quote only what this launch logged, not earlier runs (or
     # the format step) that share broker.log.
@@ -228,7 +264,7 @@ def _launch(
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
         )
     _CHILDREN[proc.pid] = proc
-    broker = LocalBroker(bootstrap=bootstrap, data_dir=data_dir, pid=proc.pid)
+    broker = LocalBroker(bootstrap=bootstrap, data_dir=data_dir, pid=proc.pid, security=secured)
     _write_state(data_dir, {
         "pid": proc.pid,
         "bootstrap": bootstrap,
@@ -236,6 +272,7 @@ def _launch(
         "controller_port": controller_port,
         "kafka_version": KAFKA_VERSION,
         "started_at": datetime.now(tz=UTC).isoformat(),
+        **(state_fields(extra_ports) if extra_ports is not None else {}),
     })
     try:
         _wait_ready(broker, deadline, log_offset)
@@ -253,9 +290,12 @@ def _launch(
 # --------------------------------------------------------------------------- readiness
 
 
-def _probe_config(bootstrap: str) -> dict[str, Any]:
+def _probe_config(broker: LocalBroker, mode: ClientMode = "sasl") -> dict[str, Any]:
+    # A secured broker is probed as its super user: the probes touch internal topics.
+    secured = broker.security.client_config("admin", mode) if broker.security else {}
     return {
-        "bootstrap.servers": bootstrap,
+        "bootstrap.servers": broker.bootstrap,
+        **secured,
         # librdkafka backs off reconnects exponentially up to 10 s by default,
         # which would add seconds to every start while the port is still closed.
         "reconnect.backoff.ms": 50,
@@ -270,14 +310,17 @@ def _wait_ready(broker: LocalBroker, deadline: float, log_offset: int = 0) -> No
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(_probe_config(broker.bootstrap))
-    while True:
-        _check_alive(broker, log_offset)
-        try:
-            admin.list_topics(timeout=_chunk(deadline, 2.0))
-            break
-        except KafkaException:
-            _check_deadline(broker, deadline, "answer metadata requests", log_offset)
+    admin = AdminClient(_probe_config(broker))
+    # The mTLS listener too: a broker whose certificate checks fail must not pass as ready.
+    admins = [admin, AdminClient(_probe_config(broker, "mtls"))] if broker.security else [admin]
+    for probe in admins:
+        while True:
+            _check_alive(broker, log_offset)
+            try:
+                probe.list_topics(timeout=_chunk(deadline, 2.0))
+                break
+            except KafkaException:
+                _check_deadline(broker, deadline, "answer metadata requests", log_offset)
     _wait_transactions_ready(broker, deadline, log_offset)
     _wait_group_coordinator_ready(admin, broker, deadline, log_offset)
 
@@ -285,7 +328,7 @@ def _wait_ready(broker: LocalBroker, deadline: float, log_offset: int = 0) -> No
 def _wait_transactions_ready(broker: LocalBroker, deadline: float, log_offset: int) -> None:
     from confluent_kafka import KafkaException, Producer
 
-    config = _probe_config(broker.bootstrap)
+    config = _probe_config(broker)
     config["transactional.id"] = _PROBE_TRANSACTIONAL_ID
     producer: Any = None
     while True:
@@ -325,12 +368,12 @@ def _wait_group_coordinator_ready(
             _check_deadline(broker, deadline, "serve consumer groups", log_offset)
 
 
-def _metadata_answers(bootstrap: str, timeout_s: float) -> bool:
+def _metadata_answers(broker: LocalBroker, timeout_s: float) -> bool:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     try:
-        AdminClient(_probe_config(bootstrap)).list_topics(timeout=timeout_s)
+        AdminClient(_probe_config(broker)).list_topics(timeout=timeout_s)
     except KafkaException:
         return False
     return True
@@ -455,7 +498,11 @@ def _read_state(data_dir: Path) -> LocalBroker | None:
     pid, bootstrap = raw.get("pid"), raw.get("bootstrap")
     if not isinstance(pid, int) or not isinstance(bootstrap, str):
         return None
-    return LocalBroker(bootstrap=bootstrap, data_dir=data_dir, pid=pid)
+    try:
+        secured = recorded_security(data_dir, raw)
+    except ValueError:
+        return None  # a secured record without its ports: nothing to talk to
+    return LocalBroker(bootstrap=bootstrap, data_dir=data_dir, pid=pid, security=secured)
 
 
 def _write_state(data_dir: Path, state: dict[str, Any]) -> None:
@@ -498,6 +545,18 @@ def _choose_ports(port: int | None, previous: dict[str, Any]) -> tuple[int, int]
     else:
         controller_port = _free_port(exclude=broker_port)
     return broker_port, controller_port
+
+
+def _choose_secured_ports(previous: dict[str, Any], taken: set[int]) -> dict[str, int]:
+    # The secured broker's other two listeners, reused across restarts like the others.
+    chosen: dict[str, int] = {}
+    for name in ("mtls", "internal"):
+        port = previous.get(f"{name}_port")
+        while not isinstance(port, int) or port in taken or not _port_free(port):
+            port = _free_port()
+        chosen[name] = port
+        taken = taken | {port}
+    return chosen
 
 
 def _port_free(port: int) -> bool:

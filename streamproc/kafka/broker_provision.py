@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -47,6 +48,7 @@ _LIBS_MARKER = ".libs-complete"
 _DEFAULT_HEAP = ("-Xmx1g", "-Xms256m")
 _MVN_TIMEOUT_S = 1800.0
 _FORMAT_TIMEOUT_S = 120.0
+_FORMAT_ARGFILE = ".format-args"
 _TAIL_LINES = 40
 
 
@@ -170,7 +172,12 @@ def _download_jars(target: Path, libs: Path, marker: Path) -> None:
 # --------------------------------------------------------------------------- config & storage
 
 
-def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -> str:
+def _server_properties(
+    data_dir: Path, broker_port: int, controller_port: int,
+    overrides: list[tuple[str, str]] | None = None,
+) -> str:
+    """server.properties text; ``overrides`` (the secured broker's listeners and security)
+    replace entries of the same key in place and append the others."""
     settings: list[tuple[str, str]] = [
         ("process.roles", "broker,controller"),
         ("node.id", "1"),
@@ -205,6 +212,10 @@ def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -
         ("default.replication.factor", "1"),
         ("min.insync.replicas", "1"),
     ]
+    if overrides:
+        replaced = dict(overrides)
+        settings = [(key, replaced.pop(key, value)) for key, value in settings]
+        settings += list(replaced.items())
     header = (
         f"# Written by streamproc.kafka.broker for Kafka {KAFKA_VERSION}; "
         "regenerated on every start.\n"
@@ -240,10 +251,18 @@ def _log4j2_xml(log_file: Path) -> str:
 """
 
 
+def _storage_formatted(data_dir: Path) -> bool:
+    return (data_dir / _LOG_DIR / "meta.properties").is_file()
+
+
 def _format_storage_once(
-    java: str, classpath: str, data_dir: Path, server_properties: Path
+    java: str, classpath: str, data_dir: Path, server_properties: Path,
+    secret_args: list[str] | None = None,
 ) -> None:
-    if (data_dir / _LOG_DIR / "meta.properties").is_file():
+    """Format the KRaft storage unless it already is; ``secret_args`` (SCRAM users) reach
+    the tool through a 0600 java argument file, deleted afterwards, so ``ps`` never shows
+    them."""
+    if _storage_formatted(data_dir):
         return  # already formatted: reformatting would wipe the cluster's metadata
     cluster_id_file = data_dir / _CLUSTER_ID_FILE
     if cluster_id_file.is_file():
@@ -259,6 +278,12 @@ def _format_storage_once(
         java, "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool",
         "format", "-t", cluster_id, "-c", str(server_properties),
     ]
+    argfile = data_dir / _FORMAT_ARGFILE
+    if secret_args:
+        # The launcher expands @files only before the main class, so the class and all its
+        # arguments go into the file.
+        _write_argfile(argfile, [*cmd[2:], *secret_args])
+        cmd = [*cmd[:2], f"@{argfile}"]
     try:
         proc = subprocess.run(
             cmd, cwd=data_dir, stdin=subprocess.DEVNULL, capture_output=True,
@@ -268,7 +293,12 @@ def _format_storage_once(
         raise BrokerError(
             f"kafka-storage format did not finish within {_FORMAT_TIMEOUT_S:.0f}s"
         ) from exc
+    finally:
+        argfile.unlink(missing_ok=True)
     output = (proc.stdout + proc.stderr).decode(errors="replace")
+    if secret_args:
+        # A complaint about a SCRAM argument may quote it; error messages never hold secrets.
+        output = re.sub(r"password=[^,\]\s]*", "password=****", output)
     if proc.returncode != 0:
         raise BrokerError(
             f"formatting Kafka storage in {data_dir / _LOG_DIR} failed (exit "
@@ -276,6 +306,16 @@ def _format_storage_once(
             f"corrupt. Output:\n{_tail_text(output, _TAIL_LINES)}"
         )
     log.info("kafka.storage.formatted", cluster_id=cluster_id, log_dir=str(data_dir / _LOG_DIR))
+
+
+def _write_argfile(path: Path, args: list[str]) -> None:
+    # The java launcher's @file syntax: one quoted argument per line, backslashes and quotes
+    # escaped. O_EXCL with 0600: the file is never readable by others, not even briefly.
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        for arg in args:
+            handle.write('"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"\n')
 
 
 def _random_cluster_id() -> str:
