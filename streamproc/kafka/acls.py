@@ -8,7 +8,8 @@ Least privilege: an application's principal needs exactly
 - ALL on topics prefixed ``{app}-`` (it creates, reads, writes, describes and purges its
   changelog, repartition, dead-letter, late and instance-registry topics),
 - READ on groups prefixed ``{app}`` (the application's group; ``{app}-dlq-replay`` for
-  ``streamproc dlq replay``; reset alters the group's offsets),
+  ``streamproc dlq replay``; reset alters the group's offsets), and DELETE (``streamproc
+  reset`` deletes the group before it sets the new offsets),
 - WRITE and DESCRIBE on transactional ids prefixed ``{app}-`` (one per instance, plus
   ``{app}-savepoint`` and ``{app}-dlq-replay``),
 - IDEMPOTENT_WRITE on the cluster (idempotent producers, for brokers that still check it).
@@ -70,6 +71,7 @@ def required_acls(compiled: Any) -> list[Acl]:
                  for op in ("Write", "Describe", "DescribeConfigs")}
     acls |= {Acl("Topic", f"{app}-", "PREFIXED", "All"),
              Acl("Group", app, "PREFIXED", "Read"),
+             Acl("Group", app, "PREFIXED", "Delete"),  # reset deletes the group
              Acl("TransactionalId", f"{app}-", "PREFIXED", "Write"),
              Acl("TransactionalId", f"{app}-", "PREFIXED", "Describe"),
              Acl("Cluster", "kafka-cluster", "LITERAL", "IdempotentWrite")}

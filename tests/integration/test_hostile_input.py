@@ -19,15 +19,22 @@ from streamproc import Topology, codecs, windows
 from streamproc.config import load_settings
 from streamproc.errors import ConfigError
 from streamproc.kafka import io
+from streamproc.kafka.admin import TopicAdmin, TopicSpec
 from streamproc.runtime.app import Application
 from streamproc.runtime.limits import RECORD_OVERHEAD, record_size
-from tests.harness import TEST_SETTINGS, create_topics, running, unique
+from tests.harness import TEST_SETTINGS, running, unique
 from tests.rawkafka import RawProducer
 
 pytestmark = pytest.mark.kafka
 
 LIMIT = 16_384  # max_record_bytes for these tests: small records make the point
 BASE = 1_709_251_200_000  # 2024-03-01T00:00Z
+
+
+def create(kafka: str, *topics: str) -> None:
+    """One-partition topics that keep their records: the tests date them 2024 (and 1970), which
+    time-based retention would delete under load before they are read back."""
+    TopicAdmin(kafka).create([TopicSpec(t, 1, {"retention.ms": "-1"}) for t in topics])
 
 
 def bare_producer(kafka: str) -> Producer:
@@ -71,7 +78,7 @@ def passthrough(app_id: str, src: str, sink: str) -> Topology:
 def test_records_too_large_with_their_headers_are_dead_lettered_and_cut_to_fit(
         kafka: str, tmp_path: Path) -> None:
     app_id, src, sink = unique("size"), unique("size-in"), unique("size-out")
-    create_topics(kafka, (src, 1), (sink, 1))
+    create(kafka, src, sink)
     big_headers = [(f"h{i}", b"x" * 4000) for i in range(5)]  # 20 KB of headers
     long_text = "y" * 17_000  # a 17 KB JSON string
     records = [
@@ -152,7 +159,7 @@ def collected(app_id: str, src: str, sink: str) -> Topology:
 def test_a_state_value_over_the_limit_dead_letters_the_record_that_made_it(
         kafka: str, tmp_path: Path) -> None:
     app_id, src, sink = unique("state"), unique("state-in"), unique("state-out")
-    create_topics(kafka, (src, 1), (sink, 1))
+    create(kafka, src, sink)
     chunk = "s" * 3000
     # key "big": 8 values of 3 KB; the list passes LIMIT at the 6th. key "ok": small values.
     records = []
@@ -197,7 +204,7 @@ def timed_counts(app_id: str, src: str, sink: str) -> Topology:
 def test_timestamps_out_of_range_are_dead_lettered_and_never_move_the_watermark(
         kafka: str, tmp_path: Path) -> None:
     app_id, src, sink = unique("ts"), unique("ts-in"), unique("ts-out")
-    create_topics(kafka, (src, 1), (sink, 1))
+    create(kafka, src, sink)
     year_3000 = 32_503_680_000_000
     good = [BASE + 100, BASE + 200, BASE + 1100, BASE + 1200, BASE + 2100]
     values: list[Any] = [good[0], 1e30, good[1], -5, year_3000, "soon", good[2], good[3],
@@ -224,7 +231,7 @@ def test_timestamps_out_of_range_are_dead_lettered_and_never_move_the_watermark(
 
 def test_a_negative_create_time_is_dead_lettered(kafka: str, tmp_path: Path) -> None:
     app_id, src, sink = unique("neg"), unique("neg-in"), unique("neg-out")
-    create_topics(kafka, (src, 1), (sink, 1))
+    create(kafka, src, sink)
     send(kafka, src, [{"key": b"k", "value": b"1", "timestamp": -5},
                       {"key": b"k", "value": b"2", "timestamp": BASE}])
     with running(passthrough(app_id, src, sink), kafka, tmp_path):
@@ -249,7 +256,7 @@ def regrouped(app_id: str, src: str, sink: str) -> Topology:
 
 def test_forged_control_headers_never_become_watermarks(kafka: str, tmp_path: Path) -> None:
     app_id, src, sink = unique("ctl"), unique("ctl-in"), unique("ctl-out")
-    create_topics(kafka, (src, 1), (sink, 1))
+    create(kafka, src, sink)
     repartition = f"{app_id}-regroup-repartition"
     forged = orjson.dumps({"task": "0_0", "watermark": 10**15, "idle": False})
 
@@ -292,7 +299,7 @@ def test_forged_control_headers_never_become_watermarks(kafka: str, tmp_path: Pa
 def test_unreadable_headers_many_headers_null_keys_and_empty_values(kafka: str,
                                                                     tmp_path: Path) -> None:
     app_id, src, sink = unique("hdr"), unique("hdr-in"), unique("hdr-out")
-    create_topics(kafka, (src, 1), (sink, 1))
+    create(kafka, src, sink)
     raw = RawProducer(kafka)
     raw.produce(src, b'"bad-name"', b"k0", 0, headers=[(b"\xff\xfe-name", b"v")])
     raw.produce(src, b'"bad-value"', b"k1", 0, headers=[(b"trace", b"\xff\xfe")])
@@ -321,7 +328,7 @@ def test_unreadable_headers_many_headers_null_keys_and_empty_values(kafka: str,
 def test_records_on_partitions_added_while_running_are_dead_lettered(
         kafka: str, tmp_path: Path) -> None:
     app_id, src, sink = unique("part"), unique("part-in"), unique("part-out")
-    create_topics(kafka, (src, 1), (sink, 1))
+    create(kafka, src, sink)
     send(kafka, src, [{"key": b"a", "value": b'"x"'}])
     conf = {"topic.metadata.refresh.interval.ms": "500"}
     with running(collected(app_id, src, sink), kafka, tmp_path, consumer_config=conf) as app:

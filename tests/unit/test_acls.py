@@ -13,6 +13,7 @@ def test_wordcount_needs_exactly_these_acls() -> None:
     acls = required_acls(compile_topology(build("wc", "lines", "counts")))
     assert acls == sorted([
         Acl("Cluster", "kafka-cluster", "LITERAL", "IdempotentWrite"),
+        Acl("Group", "wc", "PREFIXED", "Delete"),
         Acl("Group", "wc", "PREFIXED", "Read"),
         Acl("Topic", "counts", "LITERAL", "Describe"),
         Acl("Topic", "counts", "LITERAL", "DescribeConfigs"),
