@@ -2,17 +2,20 @@
 
 Least privilege: an application's principal needs exactly
 
-- READ and DESCRIBE on each user source topic,
-- WRITE, DESCRIBE and DESCRIBE_CONFIGS on each sink topic (DESCRIBE_CONFIGS: the instance
-  reads ``max.message.bytes`` and the timestamp limits of what it writes, runtime/limits.py),
+- READ on each user source topic (READ implies DESCRIBE in Kafka's authorizer),
+- WRITE and DESCRIBE_CONFIGS on each sink topic (DESCRIBE_CONFIGS: the instance reads
+  ``max.message.bytes`` and the timestamp limits of what it writes, runtime/limits.py),
 - ALL on topics prefixed ``{app}-`` (it creates, reads, writes, describes and purges its
   changelog, repartition, dead-letter, late and instance-registry topics),
 - READ on groups prefixed ``{app}`` (the application's group; ``{app}-dlq-replay`` for
   ``streamproc dlq replay``; reset alters the group's offsets), and DELETE (``streamproc
   reset`` deletes the group before it sets the new offsets),
-- WRITE and DESCRIBE on transactional ids prefixed ``{app}-`` (one per instance, plus
-  ``{app}-savepoint`` and ``{app}-dlq-replay``),
-- IDEMPOTENT_WRITE on the cluster (idempotent producers, for brokers that still check it).
+- WRITE on transactional ids prefixed ``{app}-`` (one per instance, plus ``{app}-savepoint``
+  and ``{app}-dlq-replay``; WRITE implies DESCRIBE).
+
+Each was checked on a broker with the StandardAuthorizer: without any one of them the
+application (or reset) stops naming it (tests/integration/test_least_privilege.py). Brokers
+older than Kafka 2.8 also ask for IDEMPOTENT_WRITE on the cluster (KIP-679 dropped it).
 
 ``streamproc acls --app X --topology M --principal User:P`` prints them as ``kafka-acls``
 commands. A refusal at run time is never retried: the instance stops with one message naming
@@ -64,17 +67,13 @@ def required_acls(compiled: Any) -> list[Acl]:
     app = compiled.application_id
     acls: set[Acl] = set()
     for topic in compiled.user_source_topics:
-        acls |= {Acl("Topic", topic, "LITERAL", "Read"), Acl("Topic", topic, "LITERAL",
-                                                             "Describe")}
+        acls.add(Acl("Topic", topic, "LITERAL", "Read"))
     for topic in compiled.sink_topics:
-        acls |= {Acl("Topic", topic, "LITERAL", op)
-                 for op in ("Write", "Describe", "DescribeConfigs")}
+        acls |= {Acl("Topic", topic, "LITERAL", op) for op in ("Write", "DescribeConfigs")}
     acls |= {Acl("Topic", f"{app}-", "PREFIXED", "All"),
              Acl("Group", app, "PREFIXED", "Read"),
              Acl("Group", app, "PREFIXED", "Delete"),  # reset deletes the group
-             Acl("TransactionalId", f"{app}-", "PREFIXED", "Write"),
-             Acl("TransactionalId", f"{app}-", "PREFIXED", "Describe"),
-             Acl("Cluster", "kafka-cluster", "LITERAL", "IdempotentWrite")}
+             Acl("TransactionalId", f"{app}-", "PREFIXED", "Write")}
     return sorted(acls)
 
 

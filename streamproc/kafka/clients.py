@@ -116,13 +116,26 @@ class _ClientLog(logging.Logger):
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         if len(args) == 3:
             facility, client, text = args
+            if facility in _TXN_FACILITIES and "authorization failed" in str(text).lower():
+                # A transaction refused by the authorizer: librdkafka reports every later
+                # call as "_STATE" and fails the queued records as purged, so this line is
+                # the only place the cause appears (runtime/collector.py reads it back).
+                _REFUSALS[str(client).split("#", 1)[0]] = str(text)
             self._events.log(level, "kafka.client_log", client=str(client),
                           facility=str(facility), message=str(text))
         else:
             self._events.log(level, "kafka.client_log", message=str(msg) % args if args else msg)
 
 
+_TXN_FACILITIES = {"TXNERR", "ADDPARTS", "ADDOFFSETS", "TXNCOMMIT"}
+_REFUSALS: dict[str, str] = {}  # client.id -> librdkafka's text of an authorization refusal
 _CLIENT_LOG = _ClientLog()
+
+
+def transaction_refusal(client_id: str) -> str | None:
+    """The last authorization refusal librdkafka logged for a transaction of the producer
+    ``client_id`` (taken: a second call returns None until it happens again)."""
+    return _REFUSALS.pop(client_id, None)
 
 
 def with_logger(conf: dict[str, Any]) -> dict[str, Any]:

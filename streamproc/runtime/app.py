@@ -131,7 +131,10 @@ class Application:
         except BaseException as exc:
             self._failed = exc
             self._started = False
-            self._shutdown()
+            try:
+                self._shutdown()
+            except Exception as cleanup:  # the start's error is the one to report
+                log.debug("instance.cleanup_failed", error=str(cleanup))
             raise
         try:
             self._loop()
@@ -573,6 +576,9 @@ class Application:
                 consumer.commit(offsets=offset_list(offsets, collector.offset_metadata),
                                 asynchronous=False)
         except (TransactionAborted, KafkaException) as exc:
+            refused = collector.refused()
+            if refused is not None:
+                raise refused from None  # a replay would be refused the same way
             self.metrics.inc("checkpoint_failures_total")
             log.warning("checkpoint.failed", reason=reason, error=str(exc))
             if recover:

@@ -17,8 +17,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.errors import TransactionAborted
-from streamproc.kafka.acls import refusal
-from streamproc.kafka.clients import new_producer
+from streamproc.kafka.acls import NotAuthorized, refusal
+from streamproc.kafka.clients import new_producer, transaction_refusal
 from streamproc.runtime import faults
 from streamproc.types import Headers, TopicPartition
 
@@ -43,7 +43,9 @@ class Collector:
     def _new_producer(self) -> Producer:
         # The default delivery callback only records failures; changelog records carry their
         # own (it tracks their offsets).
-        return new_producer({**self._make_config(), "on_delivery": self._on_delivery})
+        conf = self._make_config()
+        self._client_id = conf.get("client.id", "rdkafka")
+        return new_producer({**conf, "on_delivery": self._on_delivery})
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init(self) -> None:
@@ -76,7 +78,11 @@ class Collector:
         self.init()
 
     def close(self, timeout_s: float) -> None:
-        remaining = self._producer.flush(timeout_s)
+        try:
+            remaining = self._producer.flush(timeout_s)
+        except KafkaException as exc:  # a producer in a fatal state has nothing to flush
+            log.warning("collector.close_failed", error=str(exc.args[0]))
+            return
         if remaining:
             log.warning("collector.unflushed_at_close", messages=remaining)
 
@@ -133,6 +139,26 @@ class Collector:
 
     def changelog_next(self, topic: str, partition: int) -> int | None:
         return self._changelog_next.get(TopicPartition(topic, partition))
+
+    def refused(self) -> NotAuthorized | None:
+        """An authorization refusal among the delivery failures since the last reset: once a
+        transaction failed on one, librdkafka reports every later call as ``_STATE``, so the
+        cause is only in the delivery reports."""
+        # A failed transaction fails what it had queued with its error: wait (briefly, on
+        # this failure path only) for those reports.
+        try:
+            self._producer.flush(min(self._op_timeout_s, 2.0))
+        except KafkaException as exc:
+            self._errors.append(exc.args[0])
+        found = next((r for e in self._errors if (r := refusal(e, "producing"))), None)
+        if found is None:
+            text = transaction_refusal(str(self._client_id))
+            if text is not None:
+                found = NotAuthorized(
+                    f"not authorized while producing in a transaction: {text} (the principal "
+                    "needs Write on every topic the application writes; `streamproc acls "
+                    "--app APP --topology MODULE` prints every ACL it needs)")
+        return found
 
     # -- the barrier ---------------------------------------------------------------------------
     def flush(self) -> None:

@@ -35,6 +35,7 @@ from streamproc.graph.nodes import (
     SourceNode,
     WindowNode,
 )
+from streamproc.kafka.acls import refusal
 from streamproc.runtime.context import TaskContext
 from streamproc.runtime.limits import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -521,6 +522,9 @@ def _produce_error(exc: Exception, topic: str) -> Exception:
     if isinstance(exc, KafkaException):
         err = exc.args[0] if exc.args else None
         code = err.code() if isinstance(err, KafkaError) else None
+        refused = refusal(err, f"producing to {topic}") if isinstance(err, KafkaError) else None
+        if refused is not None:
+            raise refused from None  # not the record's fault, and retrying cannot help
         if code == KafkaError.MSG_SIZE_TOO_LARGE:
             return RecordTooLarge(f"the Kafka client refused the record for {topic} as too "
                                   f"large: {err}")

@@ -12,16 +12,12 @@ from topologies.wordcount import build
 def test_wordcount_needs_exactly_these_acls() -> None:
     acls = required_acls(compile_topology(build("wc", "lines", "counts")))
     assert acls == sorted([
-        Acl("Cluster", "kafka-cluster", "LITERAL", "IdempotentWrite"),
         Acl("Group", "wc", "PREFIXED", "Delete"),
         Acl("Group", "wc", "PREFIXED", "Read"),
-        Acl("Topic", "counts", "LITERAL", "Describe"),
         Acl("Topic", "counts", "LITERAL", "DescribeConfigs"),
         Acl("Topic", "counts", "LITERAL", "Write"),
-        Acl("Topic", "lines", "LITERAL", "Describe"),
         Acl("Topic", "lines", "LITERAL", "Read"),
         Acl("Topic", "wc-", "PREFIXED", "All"),
-        Acl("TransactionalId", "wc-", "PREFIXED", "Describe"),
         Acl("TransactionalId", "wc-", "PREFIXED", "Write"),
     ])
     assert Acl("Topic", "wc-", "PREFIXED", "All").command("User:app", "b:9093") == (
