@@ -288,7 +288,7 @@ def cmd_acls(args: argparse.Namespace) -> int:
                           f"{compiled.application_id!r}, not {args.app!r}")
     if not args.principal.startswith("User:") or len(args.principal) <= len("User:"):
         raise ConfigError("--principal", f"must be User:NAME, not {args.principal!r}")
-    for acl in required_acls(compiled):
+    for acl in required_acls(compiled, tools=args.tools):
         sys.stdout.write(acl.command(args.principal, args.bootstrap_server) + "\n")
     return 0
 
@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(User:NAME; default a placeholder)")
     acl.add_argument("--bootstrap-server", default="BOOTSTRAP", help="written into each "
                      "command (default a placeholder)")
+    acl.add_argument("--tools", action="store_true", help="also what streamproc reset "
+                     "(Delete on the group) and dlq replay (Write on the sources) need")
     acl.set_defaults(func=cmd_acls)
 
     dlq = sub.add_parser("dlq", help="inspect or replay an application's dead-letter topic")

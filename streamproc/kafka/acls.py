@@ -8,12 +8,14 @@ Least privilege: an application's principal needs exactly
 - ALL on topics prefixed ``{app}-`` (it creates, reads, writes, describes and purges its
   changelog, repartition, dead-letter, late and instance-registry topics),
 - READ on groups prefixed ``{app}`` (the application's group; ``{app}-dlq-replay`` for
-  ``streamproc dlq replay``; reset alters the group's offsets), and DELETE (``streamproc
-  reset`` deletes the group before it sets the new offsets),
+  ``streamproc dlq replay``; reset alters the group's offsets),
 - WRITE on transactional ids prefixed ``{app}-`` (one per instance, plus ``{app}-savepoint``
   and ``{app}-dlq-replay``; WRITE implies DESCRIBE).
 
-Each was checked on a broker with the StandardAuthorizer: without any one of them the
+The tools need two more (``tools=True``, ``streamproc acls --tools``): DELETE on the group
+(``streamproc reset`` deletes it before it sets the new offsets) and WRITE on the source topics
+(``streamproc dlq replay`` sends dead letters back there). Each was checked on a broker with
+the StandardAuthorizer: without any one of them the
 application (or reset) stops naming it (tests/integration/test_least_privilege.py). Brokers
 older than Kafka 2.8 also ask for IDEMPOTENT_WRITE on the cluster (KIP-679 dropped it).
 
@@ -62,8 +64,9 @@ class Acl:
                 f"{principal} --operation {self.operation} {target}{pattern}")
 
 
-def required_acls(compiled: Any) -> list[Acl]:
-    """What an instance of ``compiled`` (and its tools: reset, dlq, savepoints) needs."""
+def required_acls(compiled: Any, *, tools: bool = False) -> list[Acl]:
+    """What an instance of ``compiled`` needs (savepoint create included); with ``tools``,
+    also what ``streamproc reset`` and ``streamproc dlq replay`` need."""
     app = compiled.application_id
     acls: set[Acl] = set()
     for topic in compiled.user_source_topics:
@@ -72,8 +75,11 @@ def required_acls(compiled: Any) -> list[Acl]:
         acls |= {Acl("Topic", topic, "LITERAL", op) for op in ("Write", "DescribeConfigs")}
     acls |= {Acl("Topic", f"{app}-", "PREFIXED", "All"),
              Acl("Group", app, "PREFIXED", "Read"),
-             Acl("Group", app, "PREFIXED", "Delete"),  # reset deletes the group
              Acl("TransactionalId", f"{app}-", "PREFIXED", "Write")}
+    if tools:
+        acls.add(Acl("Group", app, "PREFIXED", "Delete"))  # reset deletes the group
+        acls |= {Acl("Topic", t, "LITERAL", "Write")  # dlq replay writes to the sources
+                 for t in compiled.user_source_topics}
     return sorted(acls)
 
 

@@ -120,7 +120,7 @@ def test_wordcount_restore_and_tools_as_a_least_privileged_principal(
     app_id, src, sink = unique("lp"), unique("lp-in"), unique("lp-out")
     topics(secured, src, sink)
     topology = build(app_id, src, sink)
-    grant_all(secured, required_acls(compile_topology(topology)))
+    grant_all(secured, required_acls(compile_topology(topology), tools=True))
     lines_in(secured, src, LINES)
     code, why, _ = run_app(topology, secured, tmp_path / "a")
     assert code == 0, why
@@ -196,7 +196,7 @@ def test_reset_without_delete_on_the_group_is_refused_naming_it(secured: Secured
     app_id, src, sink = unique("rd"), unique("rd-in"), unique("rd-out")
     topics(secured, src, sink)
     topology = build(app_id, src, sink)
-    grant_all(secured, [a for a in required_acls(compile_topology(topology))
+    grant_all(secured, [a for a in required_acls(compile_topology(topology), tools=True)
                         if a.operation != "Delete"])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STREAMPROC_BROKERS": secured.sasl_bootstrap,
            **{f"STREAMPROC_{k.upper()}": v for k, v in app_settings(secured).items()}}
@@ -210,3 +210,64 @@ def test_reset_without_delete_on_the_group_is_refused_naming_it(secured: Secured
                          capture_output=True, text=True, timeout=120)
     assert rst.returncode != 0 and "Traceback" not in rst.stderr
     assert "authorization failed" in rst.stderr.lower(), rst.stderr[-1000:]
+
+
+def windowed(app_id: str, src: str, sink: str) -> Topology:
+    """Readings re-keyed by group (a repartition carrying watermarks), 1 s tumbling counts; a
+    value that is not a reading is dead-lettered."""
+    from streamproc import codecs, windows
+
+    t = Topology(app_id)
+    (t.source(src, key=codecs.string(), value=codecs.json(), timestamp=lambda v: v["ts"])
+     .group_by(lambda v: v["g"], key=codecs.string(), name="regroup")
+     .window(windows.tumbling(1000)).count(store="per-second")
+     .map(lambda w: [w["start"], w["value"]], name="pair")
+     .to(sink, key=codecs.string(), value=codecs.json()))
+    return t
+
+
+def test_windows_dead_letters_a_savepoint_and_a_replay_over_mtls_and_sasl(
+        secured: SecuredBroker, tmp_path: Path) -> None:
+    import io as text_io
+
+    from streamproc.connection import kafka_connection
+    from streamproc.ops import dlq
+    from streamproc.savepoints.create import create
+
+    app_id, src, sink = unique("sw"), unique("sw-in"), unique("sw-out")
+    topics(secured, src, sink)
+    base = 1_764_547_200_000  # 2025-12-01
+    events = [orjson.dumps({"g": g, "ts": base + t}) for g, t in
+              (("a", 100), ("b", 200), ("a", 900), ("a", 1100), ("b", 1500))]
+    io.produce(admin_conf(secured), src, [(b"k", e) for e in events[:2]] + [(b"k", b"{bad")]
+               + [(b"k", e) for e in events[2:]])
+    compiled = compile_topology(windowed(app_id, src, sink))
+    grant_all(secured, required_acls(compiled, tools=True))
+    code, why, _ = run_app(windowed(app_id, src, sink), secured, tmp_path / "a", mode="mtls")
+    assert code == 0, why
+    got = sorted((r.key, orjson.loads(r.value or b"")) for r in
+                 io.read_all(admin_conf(secured), sink))
+    assert got == [(b"a", [base, 2]), (b"a", [base + 1000, 1]), (b"b", [base, 1]),
+                   (b"b", [base + 1000, 1])]
+    (letter,) = io.read_all(admin_conf(secured), f"{app_id}-dlq")
+    assert letter.value == b"{bad" and letter.headers["streamproc.error.type"] == b"CodecError"
+
+    # A savepoint of the stopped application, read as the application's principal over SASL.
+    conn = kafka_connection(load_settings(**app_settings(secured)), secured.sasl_bootstrap)
+    sp = create(secured.sasl_bootstrap, compiled, tmp_path / "sp", topology_name="windowed",
+                client_config=conn)
+    assert "per-second" in sp.stores  # the windows' state, read from its changelog
+    # A second application started from it carries on where the first stopped: nothing new.
+    app_b, sink_b = unique("swb"), unique("swb-out")
+    topics(secured, sink_b)
+    grant_all(secured, required_acls(compile_topology(windowed(app_b, src, sink_b))))
+    code, why, _ = run_app(windowed(app_b, src, sink_b), secured, tmp_path / "b",
+                           from_savepoint=tmp_path / "sp")
+    assert code == 0, why
+    assert io.read_all(admin_conf(secured), sink_b) == []
+    assert io.committed_offsets(admin_conf(secured), app_b, src) == \
+        io.committed_offsets(admin_conf(secured), app_id, src)
+    # The dead letter goes back to its source partition, once.
+    summary = dlq.replay(conn, app_id, out=text_io.StringIO())
+    assert summary.replayed == 1
+    assert [r.value for r in io.read_all(admin_conf(secured), src)].count(b"{bad") == 2
