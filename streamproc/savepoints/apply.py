@@ -43,6 +43,7 @@ from streamproc.graph.compile import CompiledTopology
 from streamproc.kafka.clients import new_consumer, new_producer
 from streamproc.progress import Progress, Stalled
 from streamproc.runtime import faults
+from streamproc.runtime.statedir import inside_problem
 from streamproc.runtime.task import TIME_KEY
 from streamproc.savepoints.format import Manifest, Savepoint, SavepointError
 from streamproc.savepoints.manifest import show
@@ -154,7 +155,9 @@ def apply(sp: Savepoint, mapping: Mapping, compiled: CompiledTopology, *,
         _require_empty(group, compiled, timeout_s)
         # Local state of an earlier incarnation of this id would restore on top of the seed.
         for name in compiled.changelog_topics:
-            shutil.rmtree(app_dir / name, ignore_errors=True)
+            # Store names were validated at build time; still, never delete outside app_dir.
+            if (app_dir / name).exists() and inside_problem(app_dir, app_dir / name) is None:
+                shutil.rmtree(app_dir / name, ignore_errors=True)
         repartition_start = _ends(group, [(topic, p) for name, topic in mapping.inflight.items()
                                           for p in sp.manifest.inflight[name].files], timeout_s)
         m = sp.manifest
