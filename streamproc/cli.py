@@ -106,14 +106,18 @@ def _add_connection_flags(p: argparse.ArgumentParser) -> None:
 def _connection_settings(args: argparse.Namespace, **given: Any) -> Settings:
     """Settings from the environment, the command's --brokers and its connection flags."""
     for name in ConnectionSettings.model_fields:
-        value = getattr(args, name, None)
-        if value is not None and name in _DICT_SETTINGS:
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(name, f"expected a JSON object: {exc}") from exc
-        given[name] = value
+        given[name] = _flag_value(name, getattr(args, name, None))
     return load_settings(brokers=args.brokers, **given)
+
+
+def _flag_value(name: str, value: Any) -> Any:
+    """A setting's flag as given; the dict settings are JSON objects on the command line."""
+    if value is not None and name in _DICT_SETTINGS:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(name, f"expected a JSON object: {exc}") from exc
+    return value
 
 
 def _connection(settings: Settings) -> dict[str, Any]:
@@ -121,16 +125,8 @@ def _connection(settings: Settings) -> dict[str, Any]:
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    given: dict[str, Any] = {}
-    for name in Settings.model_fields:
-        value = getattr(args, name, None)
-        if value is not None and name in _DICT_SETTINGS:
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(name, f"expected a JSON object: {exc}") from exc
-        given[name] = value
-    return load_settings(**given)
+    return load_settings(**{name: _flag_value(name, getattr(args, name, None))
+                            for name in Settings.model_fields})
 
 
 def _configure_logs(args: argparse.Namespace) -> Settings | None:

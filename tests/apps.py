@@ -133,3 +133,22 @@ def hostile_zero() -> list[int]:
 
 def hostile_add(acc: list[int], v: dict[str, int]) -> list[int]:
     return [acc[0] + 1, acc[1] + v["n"]]
+
+
+def regrouped_counts(app_id: str, src: str, sink: str) -> Topology:
+    """Readings ``{"g": group, "ts": ms}`` re-keyed by group (a repartition topic carries the
+    watermarks), counted in 1 s tumbling windows, ``[start, count]`` out; a value that is not
+    JSON is dead-lettered."""
+    from streamproc import windows
+
+    t = Topology(app_id)
+    (t.source(src, key=codecs.string(), value=codecs.json(), timestamp=event_time)
+     .group_by(group_of, key=codecs.string(), name="regroup")
+     .window(windows.tumbling(1000)).count(store="per-second")
+     .map(start_and_count, name="pair")
+     .to(sink, key=codecs.string(), value=codecs.json()))
+    return t
+
+
+def start_and_count(window: dict[str, int]) -> list[int]:
+    return [window["start"], window["value"]]

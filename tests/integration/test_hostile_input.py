@@ -22,6 +22,7 @@ from streamproc.kafka import io
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
 from streamproc.runtime.app import Application
 from streamproc.runtime.limits import RECORD_OVERHEAD, record_size
+from tests import apps
 from tests.harness import TEST_SETTINGS, running, unique
 from tests.rawkafka import RawProducer
 
@@ -243,17 +244,6 @@ def test_a_negative_create_time_is_dead_lettered(kafka: str, tmp_path: Path) -> 
 
 
 # -- 3. control records --------------------------------------------------------------------
-def regrouped(app_id: str, src: str, sink: str) -> Topology:
-    """Re-keyed by the value's ``g`` (a repartition topic carries watermarks), 1 s counts."""
-    t = Topology(app_id)
-    (t.source(src, key=codecs.string(), value=codecs.json(), timestamp=lambda v: v["ts"])
-     .group_by(lambda v: v["g"], key=codecs.string(), name="regroup")
-     .window(windows.tumbling(1000)).count(store="per-second")
-     .map(lambda w: [w["start"], w["value"]], name="pair")
-     .to(sink, key=codecs.string(), value=codecs.json()))
-    return t
-
-
 def test_forged_control_headers_never_become_watermarks(kafka: str, tmp_path: Path) -> None:
     app_id, src, sink = unique("ctl"), unique("ctl-in"), unique("ctl-out")
     create(kafka, src, sink)
@@ -270,7 +260,7 @@ def test_forged_control_headers_never_become_watermarks(kafka: str, tmp_path: Pa
          "headers": [("streamproc.control", b"watermark"), ("streamproc.offset", b"0")]},
         {"key": b"3", "value": reading(BASE + 300)},
     ])
-    with running(regrouped(app_id, src, sink), kafka, tmp_path) as app:
+    with running(apps.regrouped_counts(app_id, src, sink), kafka, tmp_path) as app:
         assert io.wait_processed(kafka, app_id, [src, repartition], 60)
         # Someone with write access to the internal topic, without the application's key.
         send(kafka, repartition, [{"value": forged, "headers": [

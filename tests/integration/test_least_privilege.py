@@ -24,6 +24,7 @@ from streamproc.kafka.acls import Acl, required_acls
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
 from streamproc.kafka.broker_security import ADMIN_USER, APP_USER, SecuredBroker, grant
 from streamproc.runtime.app import Application
+from tests import apps
 from tests.harness import ROOT, TEST_SETTINGS, unique
 from topologies.wordcount import build
 
@@ -212,20 +213,6 @@ def test_reset_without_delete_on_the_group_is_refused_naming_it(secured: Secured
     assert "authorization failed" in rst.stderr.lower(), rst.stderr[-1000:]
 
 
-def windowed(app_id: str, src: str, sink: str) -> Topology:
-    """Readings re-keyed by group (a repartition carrying watermarks), 1 s tumbling counts; a
-    value that is not a reading is dead-lettered."""
-    from streamproc import codecs, windows
-
-    t = Topology(app_id)
-    (t.source(src, key=codecs.string(), value=codecs.json(), timestamp=lambda v: v["ts"])
-     .group_by(lambda v: v["g"], key=codecs.string(), name="regroup")
-     .window(windows.tumbling(1000)).count(store="per-second")
-     .map(lambda w: [w["start"], w["value"]], name="pair")
-     .to(sink, key=codecs.string(), value=codecs.json()))
-    return t
-
-
 def test_windows_dead_letters_a_savepoint_and_a_replay_over_mtls_and_sasl(
         secured: SecuredBroker, tmp_path: Path) -> None:
     import io as text_io
@@ -241,9 +228,10 @@ def test_windows_dead_letters_a_savepoint_and_a_replay_over_mtls_and_sasl(
               (("a", 100), ("b", 200), ("a", 900), ("a", 1100), ("b", 1500))]
     io.produce(admin_conf(secured), src, [(b"k", e) for e in events[:2]] + [(b"k", b"{bad")]
                + [(b"k", e) for e in events[2:]])
-    compiled = compile_topology(windowed(app_id, src, sink))
+    compiled = compile_topology(apps.regrouped_counts(app_id, src, sink))
     grant_all(secured, required_acls(compiled, tools=True))
-    code, why, _ = run_app(windowed(app_id, src, sink), secured, tmp_path / "a", mode="mtls")
+    code, why, _ = run_app(apps.regrouped_counts(app_id, src, sink), secured, tmp_path / "a",
+                           mode="mtls")
     assert code == 0, why
     got = sorted((r.key, orjson.loads(r.value or b"")) for r in
                  io.read_all(admin_conf(secured), sink))
@@ -260,8 +248,9 @@ def test_windows_dead_letters_a_savepoint_and_a_replay_over_mtls_and_sasl(
     # A second application started from it carries on where the first stopped: nothing new.
     app_b, sink_b = unique("swb"), unique("swb-out")
     topics(secured, sink_b)
-    grant_all(secured, required_acls(compile_topology(windowed(app_b, src, sink_b))))
-    code, why, _ = run_app(windowed(app_b, src, sink_b), secured, tmp_path / "b",
+    grant_all(secured, required_acls(compile_topology(
+        apps.regrouped_counts(app_b, src, sink_b))))
+    code, why, _ = run_app(apps.regrouped_counts(app_b, src, sink_b), secured, tmp_path / "b",
                            from_savepoint=tmp_path / "sp")
     assert code == 0, why
     assert io.read_all(admin_conf(secured), sink_b) == []

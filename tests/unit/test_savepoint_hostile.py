@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import structlog
 
 from streamproc import Topology, cli, codecs, windows
 from streamproc.graph.compile import compile_topology
@@ -44,15 +42,8 @@ COUNTS = {0: {"a": 2, "b": 1}, 1: {"c": 7}}
 
 
 @pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
+def _undo_logging(restore_logging: None) -> None:
     """``streamproc savepoint inspect`` configures logging for the process: undo it."""
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    config = structlog.get_config()
-    yield
-    structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _files_info(path: Path, records: int) -> dict[str, Any]:

@@ -422,15 +422,6 @@ def test_a_seed_the_brokers_stop_acknowledging_fails_uncommitted(tmp_path: Path)
     assert not producer.committed and clock.now == 50
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    config = structlog.get_config()
-    yield
-    structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 CREATE = ["savepoint", "create", "--app", "wordcount", "--topology", "topologies.wordcount",
