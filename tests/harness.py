@@ -38,8 +38,14 @@ def cli(kafka: str, *args: str, timeout_s: float = 90,
                           capture_output=True, text=True, timeout=timeout_s)
 
 
+# Test records are dated by the examples' clock (2024) or earlier: time-based retention would
+# delete them from the broker (each batch that old rolls a segment) before a test reads its
+# output back, which happened under load. Test topics keep everything.
+KEEP = {"retention.ms": "-1"}
+
+
 def create_topics(bootstrap: str, *specs: tuple[str, int]) -> None:
-    TopicAdmin(bootstrap).create([TopicSpec(name, n) for name, n in specs])
+    TopicAdmin(bootstrap).create([TopicSpec(name, n, KEEP) for name, n in specs])
 
 
 def feed(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]],
