@@ -15,8 +15,10 @@ from hypothesis.configuration import set_hypothesis_home_dir
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "streamproc-unit-tests-hypothesis")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
+    """Every unit test leaves logging as it found it: a test that runs a CLI command (which
+    configures logging for the process) would otherwise change what later tests capture."""
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     config = structlog.get_config()

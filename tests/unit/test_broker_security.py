@@ -187,7 +187,10 @@ def test_plaintext_start_of_a_secured_dir_is_refused(data_dir: Path, tmp_path: P
         sec.prepare(fresh, "ssl", formatted=False)
 
 
-def test_nothing_logged_holds_a_secret(tmp_path: Path) -> None:
+def test_nothing_logged_holds_a_secret(tmp_path: Path, restore_logging: None) -> None:
+    # An earlier test may have configured a level above info (a CLI command it ran): the
+    # filtering logger would drop the event before capture_logs sees it.
+    structlog.reset_defaults()
     with structlog.testing.capture_logs() as logged:
         sec.ensure_material(tmp_path, formatted=False, now=NOW)
     security = tmp_path / "security"
