@@ -80,13 +80,18 @@ def _ktp(tp: TopicPartition, offset: int | None = None) -> KafkaTopicPartition:
 
 
 def _result(fut: Any, timeout_s: float) -> Any:
+    unanswered = StreamprocError(f"reset: Kafka did not answer within {timeout_s:g} s (is it "
+                                 "reachable? check STREAMPROC_BROKERS, or give --timeout)")
     try:
         return fut.result(timeout=timeout_s)
     except KafkaException as exc:
+        # The request's own timeout and the wait for its future end at the same moment:
+        # whichever comes first, the same answer.
+        if exc.args and getattr(exc.args[0], "code", lambda: None)() == KafkaError._TIMED_OUT:
+            raise unanswered from None
         raise StreamprocError(f"reset: {exc.args[0]}") from exc
     except TimeoutError:  # concurrent.futures says nothing more
-        raise StreamprocError(f"reset: Kafka did not answer within {timeout_s:g} s (is it "
-                              "reachable? check STREAMPROC_BROKERS, or give --timeout)") from None
+        raise unanswered from None
 
 
 def read_offsets_file(path: Path) -> dict[TopicPartition, int]:
