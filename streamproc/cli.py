@@ -168,9 +168,19 @@ def _params(given: list[str]) -> dict[str, str]:
     return params
 
 
+def _compiled_app(args: argparse.Namespace) -> Any:
+    """The compiled ``--topology`` of a tool command, which must be the ``--app`` it names."""
+    from streamproc.graph.compile import compile_topology
+
+    compiled = compile_topology(load_topology(args.topology, _params(args.param)))
+    if compiled.application_id != args.app:
+        raise ConfigError("--app", f"{args.topology} has application id "
+                          f"{compiled.application_id!r}, not {args.app!r}")
+    return compiled
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
     from streamproc.config import parse_instant
-    from streamproc.graph.compile import compile_topology
     from streamproc.ops.reset import reset
 
     logs.configure("warning")
@@ -178,10 +188,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     _quiet_clients(settings)
     if not args.timeout > 0:  # also refuses nan
         raise ConfigError("--timeout", f"must be more than 0 seconds, not {args.timeout}")
-    compiled = compile_topology(load_topology(args.topology, _params(args.param)))
-    if compiled.application_id != args.app:
-        raise ConfigError("--app", f"{args.topology} has application id "
-                          f"{compiled.application_id!r}, not {args.app!r}")
+    compiled = _compiled_app(args)
     try:
         to_datetime = None if args.to_datetime is None else parse_instant(args.to_datetime)
     except ValueError as exc:
@@ -217,7 +224,6 @@ def _savepoint(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(summary(sp), indent=2) + "\n" if args.json
                          else describe(sp))
         return 0
-    from streamproc.graph.compile import compile_topology
     from streamproc.savepoints.create import create
 
     logs.configure("info")
@@ -225,10 +231,7 @@ def _savepoint(args: argparse.Namespace) -> int:
         raise ConfigError("--stall-timeout", f"must be more than 0 seconds, not "
                           f"{args.stall_timeout}")
     settings = _connection_settings(args)
-    compiled = compile_topology(load_topology(args.topology, _params(args.param)))
-    if compiled.application_id != args.app:
-        raise ConfigError("--app", f"{args.topology} has application id "
-                          f"{compiled.application_id!r}, not {args.app!r}")
+    compiled = _compiled_app(args)
     conn = _connection(settings)
     sp = create(conn["bootstrap.servers"], compiled, Path(args.to),
                 topology_name=args.topology, wait_stopped_s=args.wait_stopped,
@@ -274,14 +277,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_acls(args: argparse.Namespace) -> int:
     """Print the ACLs the application needs, as kafka-acls commands (streamproc/kafka/acls.py);
     touches no cluster."""
-    from streamproc.graph.compile import compile_topology
     from streamproc.kafka.acls import required_acls
 
     logs.configure("warning")
-    compiled = compile_topology(load_topology(args.topology, _params(args.param)))
-    if compiled.application_id != args.app:
-        raise ConfigError("--app", f"{args.topology} has application id "
-                          f"{compiled.application_id!r}, not {args.app!r}")
+    compiled = _compiled_app(args)
     if not args.principal.startswith("User:") or len(args.principal) <= len("User:"):
         raise ConfigError("--principal", f"must be User:NAME, not {args.principal!r}")
     for acl in required_acls(compiled, tools=args.tools):
