@@ -41,10 +41,10 @@ from streamproc.graph.compile import compile_topology
 from streamproc.kafka import io
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
 from streamproc.kafka.clients import producer_config
-from streamproc.runtime.app import Application
 from streamproc.runtime.plan import CHANGELOG_CONFIG
 from streamproc.savepoints import apply
 from streamproc.savepoints.create import create
+from streamproc.service import application
 
 
 def topology(app: str, source: str, sink: str) -> Topology:
@@ -55,7 +55,7 @@ def topology(app: str, source: str, sink: str) -> Topology:
 
 
 def bounded(t: Topology, kafka: str, state: Path, **settings: object) -> float:
-    app = Application(t, load_settings(state_dir=state, until="end", static_membership=False,
+    app = application(t, load_settings(state_dir=state, until="end", static_membership=False,
                                        log_level="warning", **settings), bootstrap=kafka)
     started = time.perf_counter()
     result: list[int] = []

@@ -140,14 +140,14 @@ def _configure_logs(args: argparse.Namespace) -> Settings | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from streamproc.runtime.app import Application
+    from streamproc.service import application
 
     settings = _configure_logs(args)
     assert settings is not None
     if settings.schema_dir is not None:  # topologies find their .avsc files by name there
         os.environ[SCHEMA_DIR_ENV] = str(settings.schema_dir)
     topology = load_topology(args.topology, _params(args.param))
-    app = Application(topology, settings, bootstrap=resolve_brokers(settings))
+    app = application(topology, settings, bootstrap=resolve_brokers(settings))
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("instance.stopping", signal=signal.Signals(signum).name)

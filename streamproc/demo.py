@@ -36,7 +36,7 @@ def generate_lines(n: int, seed: int = 7) -> list[str]:
 def run_demo(settings: Settings, *, lines: int) -> int:
     from streamproc.kafka import broker
     from streamproc.loader import load_topology
-    from streamproc.runtime.app import Application
+    from streamproc.service import application
 
     topology = load_topology("topologies.wordcount")
 
@@ -48,7 +48,7 @@ def run_demo(settings: Settings, *, lines: int) -> int:
     admin.create([TopicSpec("text-lines", 4), TopicSpec("word-counts", 4)])
     io.produce(bootstrap, "text-lines", ((None, line.encode()) for line in generate_lines(lines)))
 
-    app = Application(topology, settings, bootstrap=servers)
+    app = application(topology, settings, bootstrap=servers)
     runner = threading.Thread(target=app.run, name="wordcount", daemon=True)
     runner.start()
     # Upstream first: the repartition topic only stops growing once text-lines is done.

@@ -20,6 +20,7 @@ from streamproc.config import load_settings
 from streamproc.kafka import io
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
 from streamproc.runtime.app import Application
+from streamproc.service import application
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +74,7 @@ TEST_SETTINGS: dict[str, Any] = {"commit_interval_ms": 200, "session_timeout_ms"
 def running(topology: Topology, bootstrap: str, state_dir: Path,
             **settings: Any) -> Iterator[Application]:
     """Run an application in a background thread; stop it (final checkpoint) on exit."""
-    app = Application(topology, load_settings(**{**TEST_SETTINGS, "state_dir": state_dir,
+    app = application(topology, load_settings(**{**TEST_SETTINGS, "state_dir": state_dir,
                                                  **settings}), bootstrap=bootstrap)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(app.run()), daemon=True)

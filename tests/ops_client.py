@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.runtime.app import Application
+from streamproc.service import monitor_of
 
 T = TypeVar("T")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -81,6 +82,6 @@ def port_from_log(log_path: Path, after: int = 0, timeout_s: float = 30.0) -> in
 
 def base_url(app: Application, timeout_s: float = 30.0) -> str:
     """The endpoint of an in-process instance started with ``http_port=0``."""
-    port = wait_until("the HTTP server", lambda: app.ops.port, lambda p: p is not None,
+    port = wait_until("the HTTP server", lambda: monitor_of(app).port, lambda p: p is not None,
                       timeout_s, every_s=0.02)
     return f"http://127.0.0.1:{port}"

@@ -36,7 +36,7 @@ from workloads import (
 from streamproc import Topology, codecs, windows
 from streamproc.config import load_settings
 from streamproc.logs import configure
-from streamproc.runtime.app import Application
+from streamproc.service import application
 
 
 def w3_user(event: dict[str, Any]) -> str:
@@ -106,7 +106,7 @@ def main() -> int:
         # an empty state dir rejoins as the same static member instead of waiting for the old
         # one's session to expire.
         instance_id="bench-0")
-    app = Application(build(args.workload, args.group, args.input, args.output), settings,
+    app = application(build(args.workload, args.group, args.input, args.output), settings,
                       bootstrap=args.brokers)
     first = FirstSeen(args.stats)
 

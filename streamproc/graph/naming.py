@@ -14,11 +14,16 @@ from typing import TYPE_CHECKING
 from streamproc.errors import TopologyError
 from streamproc.graph.nodes import RepartitionNode, SinkNode, SourceNode, StoreSpec, WindowNode
 from streamproc.names import describe_problem, name_problem, shown, topic_problem
-from streamproc.ops.instances import instances_topic
 
 if TYPE_CHECKING:
     from streamproc.graph.compile import CompiledTopology
     from streamproc.graph.nodes import Node
+
+
+def instances_topic(app_id: str) -> str:
+    """The registry topic of an application (ops/instances.py; an internal topic: reset
+    deletes it)."""
+    return f"{app_id}-instances"
 
 
 def changelog_topic(app_id: str, store: str) -> str:

@@ -33,12 +33,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.errors import ConfigError, StreamprocError
-from streamproc.graph.naming import dead_letter_topic
+from streamproc.graph.naming import dead_letter_topic, instances_topic
 from streamproc.kafka import io
 from streamproc.kafka.clients import new_consumer, new_producer
 from streamproc.kafka.io import Bootstrap, client_base, servers_of
 from streamproc.names import describe_problem, name_problem, shown, topic_problem
-from streamproc.ops.instances import instances_topic
 from streamproc.progress import Progress, Stalled
 from streamproc.runtime import faults
 from streamproc.runtime.deadletter import DEAD_LETTER_HEADERS

@@ -45,13 +45,15 @@ from streamproc.ops.status import StatusBoard
 
 @dataclass(frozen=True)
 class HttpContext:
-    """What route handlers may use. ``app`` is the running Application, for route modules
-    that need more than the snapshot (they must respect its single-threadedness)."""
+    """What route handlers may use: the snapshots, the instance's settings, and the queryable
+    state (``query``: ops/query.py's QueryState, None when ``http_state_enabled`` is off),
+    which serves reads of live stores without touching the loop's objects."""
 
     board: StatusBoard
     metrics: InstanceMetrics
-    app: Any
+    settings: Any
     topology: dict[str, Any]
+    query: Any = None
     auth: AuthPolicy = field(default_factory=AuthPolicy)
     # Awaited on the server's event loop when it stops (e.g. closing a client's pool).
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=tuple)

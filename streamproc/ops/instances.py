@@ -47,6 +47,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from streamproc.graph.naming import instances_topic
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
 from streamproc.kafka.clients import new_consumer, new_producer
 from streamproc.names import name_problem
@@ -65,11 +66,6 @@ _READ_BATCH = 500
 MAC_HEADER = "streamproc.registry.mac"
 MAX_ENTRY_BYTES = 256 * 1024  # thousands of claims; a larger value is not an entry
 _LEN = struct.Struct(">I")
-
-
-def instances_topic(app_id: str) -> str:
-    """The registry topic of an application (an internal topic: reset should delete it)."""
-    return f"{app_id}-instances"
 
 
 def advertised_url(configured: str | None, host: str, port: int, tls: bool = False) -> str:

@@ -39,12 +39,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from streamproc.config import parse_instant
+from streamproc.graph.naming import instances_topic
 from streamproc.ops.http import HttpContext, register_routes
 from streamproc.ops.instances import (
     Entry,
     InstanceRegistry,
     RegistryView,
-    instances_topic,
     registry_key,
 )
 from streamproc.ops.peers import PeerError, Peers
@@ -68,7 +68,7 @@ from streamproc.state.store import KeyValueStore, StoreNotOpen
 from streamproc.types import TaskId
 
 if TYPE_CHECKING:
-    from streamproc.runtime.app import Application
+    from streamproc.runtime.observe import InstanceView
 
 log = structlog.get_logger(__name__)
 
@@ -86,11 +86,10 @@ class QueryState:
     """The instance's queryable state: its catalogue of stores, the stores of the tasks it
     holds (republished by :meth:`tick` whenever the tasks change) and the registry."""
 
-    def __init__(self, app: Application) -> None:
-        assert app.plan is not None
+    def __init__(self, app: InstanceView) -> None:
         self.app_id = app.app_id
         self.catalog = catalog(app.compiled)
-        self.tasks_per_subtopology = dict(app.plan.partitions)
+        self.tasks_per_subtopology = dict(app.tasks_per_subtopology)
         self.local: Local = MappingProxyType({})
         self.instance = ""
         self.url = ""
@@ -237,7 +236,7 @@ def _query_string(request: Request, **override: str | None) -> str:
 
 # -- handlers ---------------------------------------------------------------------------------
 def _state_of(ctx: HttpContext) -> QueryState | None:
-    query: QueryState | None = getattr(ctx.app.ops, "query", None)
+    query: QueryState | None = ctx.query
     return query
 
 
@@ -491,7 +490,7 @@ def state_routes(ctx: HttpContext) -> list[BaseRoute]:
     """The ``/state`` routes (registered when this module is imported)."""
 
     async def guarded(request: Request, key: str | None) -> Response:
-        if ctx.app is not None and not ctx.app.settings.http_state_enabled:
+        if ctx.settings is not None and not ctx.settings.http_state_enabled:
             return _answer({"status": "disabled", "error": "queryable state is off on this "
                             "instance (http_state_enabled)"}, 404)
         qs = _state_of(ctx)

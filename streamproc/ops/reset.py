@@ -49,10 +49,10 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from streamproc.errors import ConfigError, StreamprocError
 from streamproc.graph.compile import CompiledTopology
+from streamproc.graph.naming import instances_topic
 from streamproc.kafka.clients import new_admin
 from streamproc.kafka.io import Bootstrap, client_base
 from streamproc.ops.dlq import COMMAND_CLIENT_LOG
-from streamproc.ops.instances import instances_topic
 from streamproc.runtime.statedir import StateDir
 from streamproc.types import TopicPartition
 

@@ -18,57 +18,40 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+# The loop's own observations (runtime/observe.py), composed into the snapshot below; named
+# here too (``__all__``), for the ops modules and their tests.
+from streamproc.runtime.observe import (
+    PartitionStatus,
+    RestoreStatus,
+    StoreStatus,
+    TaskStatus,
+    lag,
+    valid_offset,
+)
+
+__all__ = [
+    "CheckpointStatus",
+    "Counters",
+    "PartitionStatus",
+    "ProducedCounts",
+    "Recent",
+    "RestoreStatus",
+    "Snapshot",
+    "StatusBoard",
+    "StoreStatus",
+    "TaskStatus",
+    "health",
+    "lag",
+    "readiness",
+    "starting_snapshot",
+    "stuck_after_s",
+    "sum_by",
+    "total",
+    "valid_offset",
+]
+
 # (metric name, sorted label pairs) -> value, as streamproc.metrics.Metrics keeps them
 Counters = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionStatus:
-    """One assigned input partition. ``position`` is the next offset the loop will process;
-    ``lag`` = high watermark - position (it includes records of transactions still open on
-    the input, e.g. our own repartition topics between two checkpoints)."""
-
-    topic: str
-    partition: int
-    task: str
-    state: str  # the task's: restoring | running
-    committed: int | None
-    position: int | None
-    high_watermark: int | None
-    lag: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class TaskStatus:
-    id: str
-    subtopology: int
-    partition: int
-    state: str
-    watermark_ms: int | None  # None: no event time yet (or the sub-topology has no clock)
-    watermark_lag_ms: int | None  # wall clock - watermark at publish time
-    idle: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreStatus:
-    """A store still restoring from its changelog."""
-
-    task: str
-    store: str
-    changelog: str
-    partition: int
-    records: int
-    bytes: int
-    remaining: int | None  # changelog records left (None until the end offset is known)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStatus:
-    store: str
-    partition: int
-    sst_bytes: int  # RocksDB's SST files (on disk)
-    memtable_bytes: int  # RocksDB's memtables (memory, not yet flushed)
-    keys: int  # RocksDB's estimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,17 +274,3 @@ class ProducedCounts:
                 n0, b0 = out.get(tp, (0, 0))
                 out[tp] = (n0 + n, b0 + b)
         return out
-
-
-def lag(position: int | None, high_watermark: int | None) -> int | None:
-    """Records behind; None when unknown (no position yet on a partition with records)."""
-    if high_watermark == 0:
-        return 0  # an empty partition: nothing to be behind on
-    if position is None or high_watermark is None:
-        return None
-    return max(0, high_watermark - position)
-
-
-def valid_offset(offset: int | None) -> int | None:
-    """librdkafka's logical offsets (negative: invalid, beginning, end...) as None."""
-    return offset if offset is not None and offset >= 0 else None

@@ -55,7 +55,7 @@ app restarted later continues where it was.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -64,14 +64,15 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from streamproc.config import parse_instant
-from streamproc.connection import kafka_connection
 from streamproc.errors import TopologyError
 from streamproc.kafka.clients import new_admin
 from streamproc.time.windows import END_OF_TIME
 from streamproc.types import TaskId, TopicPartition
 
 if TYPE_CHECKING:
-    from streamproc.runtime.app import Application
+    from streamproc.config import Settings
+    from streamproc.graph.compile import CompiledTopology
+    from streamproc.runtime.loop import RunControl
     from streamproc.runtime.task import Task
 
 log = structlog.get_logger(__name__)
@@ -117,12 +118,16 @@ class Bounded:
     """Where each source partition starts (``from_datetime``) and ends (``until``) in one run,
     and the bookkeeping that finishes tasks at the end. Created by the application at start."""
 
-    def __init__(self, app: Application, consumer: Consumer) -> None:
-        s = app.settings
-        self.app = app
+    def __init__(self, settings: Settings, compiled: CompiledTopology, consumer: Consumer,
+                 tasks_per_subtopology: Mapping[int, int], connection: dict[str, Any],
+                 timeout_s: float, assigned: Set[TopicPartition]) -> None:
+        s = settings
+        self.compiled = compiled
         self.consumer = consumer
-        compiled = app.compiled
-        self._timeout_s = app._op_timeout_s
+        self._tasks_of = tasks_per_subtopology
+        self._connection = connection  # for the admin client that asks for stable offsets
+        self._timeout_s = timeout_s
+        self._assigned = assigned  # the instance's, kept up to date by its rebalance handler
         self._poll_s = s.poll_timeout_ms / 1000
         meta = consumer.list_topics(timeout=self._timeout_s).topics
         self.user_partitions = [TopicPartition(t, p) for t in compiled.user_source_topics
@@ -183,51 +188,46 @@ class Bounded:
             self._pause(past)
         return out
 
-    def step(self) -> bool:
+    def step(self, control: RunControl) -> bool:
         """Finish the tasks whose input has ended; True when this instance is done."""
         if self.bounds is None:
             return False
-        app = self.app
-        # A task object that is no longer the app's was closed (revoked, or reopened from its
-        # committed state after a failed checkpoint): it must finish again.
-        self.finished = {tid: t for tid, t in self.finished.items() if app.tasks.get(tid) is t}
-        pending = [t for t in app.tasks.values() if t.running and t.id not in self.finished]
+        tasks = control.tasks
+        # A task object that is no longer the instance's was closed (revoked, or reopened from
+        # its committed state after a failed checkpoint): it must finish again.
+        self.finished = {tid: t for tid, t in self.finished.items() if tasks.get(tid) is t}
+        pending = [t for t in tasks.values() if t.running and t.id not in self.finished]
         if pending:
-            done = self._ended(pending)
+            done = self._ended(pending, control.assigned)
             if done:
                 for task in done:
                     self._finish(task)
-                app._checkpoint("end-of-input")
+                control.checkpoint("end-of-input")
                 self.finished = {tid: t for tid, t in self.finished.items()
-                                 if app.tasks.get(tid) is t}
-        assigned = app._assigned
+                                 if tasks.get(tid) is t}
+        assigned = control.assigned
         if not assigned:
             return False
-        sub_of = app.compiled.topic_subtopology
+        sub_of = self.compiled.topic_subtopology
         owned = {TaskId(sub_of[tp.topic], tp.partition) for tp in assigned}
         if not all(tid in self.finished for tid in owned):
             return False
         # Commit everything while still a member of the group (the offsets are committed with
         # its generation), then leave it: a static member would otherwise stay in the group
         # for session.timeout.ms, holding up a reset and the takeover of its partitions.
-        if not app._checkpoint("end-of-input"):
+        if not control.checkpoint("end-of-input"):
             return False  # reopened from the committed state: the tasks finish again
-        self.consumer.unsubscribe()
-        deadline = time.monotonic() + self._timeout_s
-        # The revoke callback runs inside poll; the member id is gone once the leave is sent.
-        while (app._assigned or self.consumer.memberid()) and time.monotonic() < deadline:
-            self.consumer.poll(self._poll_s)
+        control.leave_group()
         log.info("run.input_ended", tasks=sorted(str(t) for t in owned))
         return True
 
     # -- deciding that a task's input has ended ----------------------------------------------
-    def _ended(self, pending: list[Task]) -> list[Task]:
-        app = self.app
-        internal_topics = app.compiled.repartition_topics
+    def _ended(self, pending: list[Task], assigned: Set[TopicPartition]) -> list[Task]:
+        internal_topics = self.compiled.repartition_topics
         candidates: list[tuple[Task, list[TopicPartition]]] = []
         for task in pending:
             tps = [TopicPartition(t, task.partition) for t in task.subtopology.source_topics]
-            if all(tp in app._assigned for tp in tps):
+            if all(tp in assigned for tp in tps):
                 candidates.append((task, tps))
         if not candidates:
             return []
@@ -281,8 +281,8 @@ class Bounded:
         of its output is in: the end-of-time watermarks are not needed, which matters because
         a task that is not time-aware keeps no record of them, so one taken over from another
         instance after they were sent would wait for them forever."""
-        upstream = self.app.compiled.repartition_topics[topic][0]
-        return self.app.compiled.subtopologies[upstream].time_aware
+        upstream = self.compiled.repartition_topics[topic][0]
+        return self.compiled.subtopologies[upstream].time_aware
 
     @staticmethod
     def _heard_end(task: Task, topic: str) -> bool:
@@ -296,10 +296,9 @@ class Bounded:
         """Per sub-topology: has all of its input flowed through (committed by the group)?
         Plus the last stable offset of every repartition partition, read after the committed
         offsets, so that an upstream commit seen in the first is included in the second."""
-        app = self.app
-        assert self.bounds is not None and app._plan is not None
-        compiled = app.compiled
-        tasks_of = app._plan.partitions
+        assert self.bounds is not None
+        compiled = self.compiled
+        tasks_of = self._tasks_of
         internal = [TopicPartition(t, p) for t, (_, down, _) in compiled.repartition_topics.items()
                     for p in range(tasks_of[down])]
         committed = {TopicPartition(c.topic, c.partition): c.offset for c in
@@ -330,7 +329,7 @@ class Bounded:
         """Last stable offsets, asked through an admin client: the consumer's own connection is
         busy with long-polling fetches (up to ``fetch.wait.max.ms`` per query)."""
         if self._admin is None:
-            self._admin = new_admin(kafka_connection(self.app.settings, self.app.bootstrap))
+            self._admin = new_admin(self._connection)
         futures = self._admin.list_offsets(
             {_ktp(tp): OffsetSpec.latest() for tp in tps},  # type: ignore[no-untyped-call]
             isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout_s)
@@ -355,7 +354,7 @@ class Bounded:
                  offsets={_name(tp): o for tp, o in sorted(task.next_offsets.items())})
 
     def _pause(self, tps: Iterable[TopicPartition]) -> None:
-        wanted = [_ktp(tp) for tp in tps if tp in self.app._assigned]
+        wanted = [_ktp(tp) for tp in tps if tp in self._assigned]
         if wanted:
             try:
                 self.consumer.pause(wanted)

@@ -6,13 +6,18 @@ Kafka runtime and (later) an in-memory test driver.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from streamproc.runtime.limits import OutputTime, TimeBounds
 from streamproc.state.store import KeyValueStore
 from streamproc.time.watermarks import TaskTime
-from streamproc.types import Origin
+from streamproc.types import Origin, Record
+
+# An operator: takes a batch of records, pushes its results to its children.
+Push = Callable[[list[Record]], None]
+# A source: takes one topic's consumed messages.
+SourcePush = Callable[[Sequence[Origin]], None]
 
 
 class TimedOperator(Protocol):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from streamproc.graph.compile import SubTopology
-from streamproc.runtime.context import TimedOperator
+from streamproc.runtime.context import SourcePush, TimedOperator
 from streamproc.runtime.limits import (
     UNBOUNDED,
     OutputTime,
@@ -16,7 +16,7 @@ from streamproc.runtime.limits import (
     TimeBounds,
     record_size,
 )
-from streamproc.runtime.operators import SourcePush, build_pipeline
+from streamproc.runtime.operators import build_pipeline
 from streamproc.state.store import KeyValueStore
 from streamproc.time.watermarks import (
     CONTROL_HEADER,

@@ -11,7 +11,7 @@ import pytest
 
 from streamproc.config import load_settings
 from streamproc.kafka import io
-from streamproc.runtime.app import Application
+from streamproc.service import application
 from tests import apps
 from tests.harness import TEST_SETTINGS, create_topics, running, unique
 
@@ -85,7 +85,7 @@ def test_skip_counts_and_drops(kafka: str, tmp_path: Path,
 def test_fail_stops_and_commits_nothing_past_the_bad_record(
         kafka: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     app_id, src, sink = _setup(kafka, monkeypatch, "fail")
-    app = Application(apps.strict_numbers(),
+    app = application(apps.strict_numbers(),
                       load_settings(**{**TEST_SETTINGS, "state_dir": tmp_path}), bootstrap=kafka)
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(app.run()), daemon=True)
@@ -136,6 +136,6 @@ def test_co_partitioning_mismatch_is_refused(kafka: str, tmp_path: Path) -> None
      .merge(t.source(b, value=codecs.string()))
      .group_by_key().count(store="n")
      .to(out))
-    app = Application(t, load_settings(state_dir=tmp_path), bootstrap=kafka)
+    app = application(t, load_settings(state_dir=tmp_path), bootstrap=kafka)
     with pytest.raises(TopologyError, match=r"co-partitioning mismatch.*" + a + "=2, " + b + "=3"):
         app.run()

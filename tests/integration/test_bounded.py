@@ -34,7 +34,7 @@ from streamproc import Topology, codecs, windows
 from streamproc.config import load_settings
 from streamproc.graph.compile import compile_topology
 from streamproc.kafka import io
-from streamproc.runtime.app import Application
+from streamproc.service import application
 from tests.harness import ROOT, TEST_SETTINGS, create_topics, running, unique
 from tests.topologies import expected
 from topologies import hourly_counts, wordcount
@@ -49,7 +49,7 @@ def run_bounded(topology: Topology, kafka: str, state_dir: Path, *, limit_s: flo
                 **settings: Any) -> int:
     """One instance of a bounded run in this process; its exit code. ``limit_s`` only bounds
     a hang: the runs take seconds alone, but the suite runs in parallel on two cores."""
-    app = Application(topology, load_settings(**{**TEST_SETTINGS, "state_dir": state_dir,
+    app = application(topology, load_settings(**{**TEST_SETTINGS, "state_dir": state_dir,
                                                  **settings}), bootstrap=kafka)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(app.run()), daemon=True)

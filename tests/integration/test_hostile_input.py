@@ -20,8 +20,8 @@ from streamproc.config import load_settings
 from streamproc.errors import ConfigError
 from streamproc.kafka import io
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
-from streamproc.runtime.app import Application
 from streamproc.runtime.limits import RECORD_OVERHEAD, record_size
+from streamproc.service import application
 from tests import apps
 from tests.harness import TEST_SETTINGS, running, unique
 from tests.rawkafka import RawProducer
@@ -131,7 +131,7 @@ def test_max_record_bytes_is_checked_against_the_topics_at_start(kafka: str,
         sink, 1, 1, config={"max.message.bytes": "20000"})])
     for f in futures.values():
         f.result()
-    app = Application(passthrough(app_id, src, sink), load_settings(
+    app = application(passthrough(app_id, src, sink), load_settings(
         **{**TEST_SETTINGS, "state_dir": tmp_path, "max_record_bytes": 30000}), bootstrap=kafka)
     with pytest.raises(ConfigError, match=r"max_record_bytes .*STREAMPROC_MAX_RECORD_BYTES.*"
                        r"30000 is larger than max.message.bytes of topic " + sink + r" \(20000\)"):

@@ -24,6 +24,7 @@ from streamproc.kafka.acls import Acl, required_acls
 from streamproc.kafka.admin import TopicAdmin, TopicSpec
 from streamproc.kafka.broker_security import ADMIN_USER, APP_USER, SecuredBroker, grant
 from streamproc.runtime.app import Application
+from streamproc.service import application
 from tests import apps
 from tests.harness import ROOT, TEST_SETTINGS, unique
 from topologies.wordcount import build
@@ -89,7 +90,7 @@ def run_app(topology: Topology, secured: SecuredBroker, state_dir: Path, *, mode
     app)."""
     settings = load_settings(**{**TEST_SETTINGS, "state_dir": state_dir,
                                 **app_settings(secured, mode), "until": until, **extra})
-    app = Application(topology, settings, bootstrap=secured.sasl_bootstrap if mode == "sasl"
+    app = application(topology, settings, bootstrap=secured.sasl_bootstrap if mode == "sasl"
                       else secured.mtls_bootstrap)
     result: list[int] = []
     errors: list[BaseException] = []

@@ -56,7 +56,7 @@ def test_state_survives_restart_and_output_continues(kafka: str, tmp_path: Path)
     with running(build(app_id, src, sink), kafka, tmp_path) as app:
         assert io.wait_processed(kafka, app_id, list(app.compiled.topic_subtopology), 90)
         # The local stores were current: nothing to replay from the changelog.
-        assert app._restorer is not None and app._restorer.totals.records == 0
+        assert app.restorer is not None and app.restorer.totals.records == 0
     assert_exactly_once(kafka, sink, first + second)
 
 
@@ -73,8 +73,8 @@ def test_state_dir_deleted_is_rebuilt_from_changelog(kafka: str, tmp_path: Path)
     io.produce(kafka, src, ((None, line.encode()) for line in second))
     with running(build(app_id, src, sink), kafka, tmp_path / "b") as app:
         assert io.wait_processed(kafka, app_id, list(app.compiled.topic_subtopology), 90)
-        assert app._restorer is not None
-        assert app._restorer.totals.records == changelog_records
+        assert app.restorer is not None
+        assert app.restorer.totals.records == changelog_records
     assert_exactly_once(kafka, sink, first + second)
     assert store_contents(tmp_path / "b", app_id, "counts", 2) == \
         dict(expected_counts(first + second))

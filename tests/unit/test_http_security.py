@@ -32,7 +32,7 @@ ROUTES = ["/healthz", "/readyz", "/metrics", "/topology", "/status", "/", "/dash
 
 def _ctx(policy: AuthPolicy) -> HttpContext:
     board = StatusBoard(starting_snapshot("wc", "exactly_once", 0), stuck_after_s=10.0)
-    return HttpContext(board=board, metrics=InstanceMetrics(board), app=None,
+    return HttpContext(board=board, metrics=InstanceMetrics(board), settings=None,
                        topology={"application_id": "wc"}, auth=policy)
 
 

@@ -12,11 +12,17 @@ from typing import Any
 import pytest
 
 from streamproc import Topology, codecs
-from streamproc.errors import CodecError
+from streamproc.errors import CodecError, NullKeyError
 from streamproc.graph.compile import compile_topology
 from streamproc.runtime import operators
-from streamproc.runtime.limits import RECORD_OVERHEAD, UNBOUNDED, OutputTime, TimeBounds
-from streamproc.runtime.operators import NullKeyError, RecordTooLarge, build_pipeline
+from streamproc.runtime.limits import (
+    RECORD_OVERHEAD,
+    UNBOUNDED,
+    OutputTime,
+    RecordTooLarge,
+    TimeBounds,
+)
+from streamproc.runtime.operators import build_pipeline
 from streamproc.state.store import KeyValueStore
 from streamproc.testing.memory import Message
 from streamproc.time.watermarks import TaskTime

@@ -48,7 +48,7 @@ def served() -> Iterator[Served]:
     board = StatusBoard(starting_snapshot("wc", "exactly_once", 0), stuck_after_s=10.0,
                         clock=clock)
     metrics = InstanceMetrics(board)
-    ctx = HttpContext(board=board, metrics=metrics, app=None, topology=TOPOLOGY)
+    ctx = HttpContext(board=board, metrics=metrics, settings=None, topology=TOPOLOGY)
 
     async def state(request: Request) -> Response:
         return PlainTextResponse(f"store {request.path_params['store']}")
@@ -205,7 +205,7 @@ def test_a_taken_port_fails_fast_naming_the_setting() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         board = StatusBoard(starting_snapshot("wc", "exactly_once", 0), stuck_after_s=10.0)
-        ctx = HttpContext(board=board, metrics=InstanceMetrics(board), app=None, topology={})
+        ctx = HttpContext(board=board, metrics=InstanceMetrics(board), settings=None, topology={})
         with pytest.raises(ConfigError) as err:
             HttpServer(build_app(ctx, []), "127.0.0.1", port).start()
     assert err.value.setting == "http_port (env STREAMPROC_HTTP_PORT, flag --http-port)"

@@ -102,9 +102,8 @@ def instance(tmp_path: Path) -> Iterator[Instance]:
                              http_proxy_timeout_ms="3000", http_auth_token=TOKEN)
     compiled = compile_topology(_topology())
     app = SimpleNamespace(app_id="limits", compiled=compiled, settings=settings,
-                          plan=SimpleNamespace(partitions=PLAN), metrics=Metrics())
+                          tasks_per_subtopology=PLAN, metrics=Metrics())
     qs = QueryState(app)  # type: ignore[arg-type]
-    app.ops = SimpleNamespace(query=qs)
     stores, target = _stores(tmp_path, qs.catalog)
     tasks = {TaskId(0, p): SimpleNamespace(state=TaskState.RUNNING, running=True,
                                            stores={"counts": stores["counts"][p]})
@@ -114,8 +113,9 @@ def instance(tmp_path: Path) -> Iterator[Instance]:
     qs.tick(0.0, tasks)  # type: ignore[arg-type]
     qs.instance = "me"
     board = StatusBoard(starting_snapshot("limits", "exactly_once", 0), stuck_after_s=10.0)
-    ctx = HttpContext(board=board, metrics=InstanceMetrics(board), app=app, topology={},
-                      auth=AuthPolicy(SecretStr(TOKEN)), on_shutdown=(qs.peers.aclose,))
+    ctx = HttpContext(board=board, metrics=InstanceMetrics(board), settings=settings, query=qs,
+                      topology={}, auth=AuthPolicy(SecretStr(TOKEN)),
+                      on_shutdown=(qs.peers.aclose,))
     server = HttpServer(build_app(ctx, [state_routes]), "127.0.0.1", 0)
     port = server.start()
     inst = Instance(f"http://127.0.0.1:{port}", qs, target)
@@ -271,10 +271,9 @@ def test_concurrent_requests_are_capped(instance: Instance) -> None:
 
 
 def test_state_can_be_switched_off(tmp_path: Path) -> None:
-    app = SimpleNamespace(settings=load_settings(http_state_enabled="false"),
-                          ops=SimpleNamespace(query=None))
     board = StatusBoard(starting_snapshot("x", "exactly_once", 0), stuck_after_s=10.0)
-    ctx = HttpContext(board=board, metrics=InstanceMetrics(board), app=app, topology={})
+    ctx = HttpContext(board=board, metrics=InstanceMetrics(board),
+                      settings=load_settings(http_state_enabled="false"), topology={})
     server = HttpServer(build_app(ctx, [state_routes]), "127.0.0.1", 0)
     port = server.start()
     try:
