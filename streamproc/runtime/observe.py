@@ -174,7 +174,8 @@ class InstanceListener(Protocol):
         """Once per loop iteration (``now``: time.monotonic())."""
 
     def assigned(self, partitions: Sequence[TopicPartition], new_tasks: Sequence[TaskId]) -> None:
-        """Partitions were assigned; ``new_tasks`` were created for them (restoring or running)."""
+        """Partitions were assigned (and paused); ``new_tasks`` are created for them next, each
+        reporting :meth:`restored` once it runs."""
 
     def revoked(self, partitions: Sequence[TopicPartition]) -> None:
         """Partitions were revoked, after the checkpoint that committed their work."""
@@ -183,7 +184,9 @@ class InstanceListener(Protocol):
         """Partitions were lost (their uncommitted work was discarded)."""
 
     def restored(self, task: TaskId) -> None:
-        """A task's stores caught up with their changelogs: it runs from its committed offsets."""
+        """A task's stores caught up with their changelogs (at once if there was nothing to
+        restore): it runs from its committed offsets. Once per task object: again after a
+        reopen (recovery) or a new assignment."""
 
     def checkpointed(self, done: CheckpointDone) -> None:
         """A checkpoint committed."""

@@ -79,7 +79,7 @@ class Rebalancer:
         self.tasks[tid] = task
         self.restorer.add(task)
         if not self.restorer.is_restoring(task):
-            self.start_task(task)
+            self.restored(task)  # nothing to restore
 
     def task_partitions(self, task: Task) -> list[TopicPartition]:
         return [TopicPartition(t, task.partition) for t in task.subtopology.source_topics
@@ -175,9 +175,9 @@ class Rebalancer:
         new_tasks = sorted(fresh)
         log.info("rebalance.assigned", partitions=[f"{p.topic}[{p.partition}]" for p in parts],
                  new_tasks=[str(t) for t in new_tasks])
+        self._listeners.assigned(added, new_tasks)
         for tid in new_tasks:
             self.create_task(tid)
-        self._listeners.assigned(added, new_tasks)
 
     def on_revoke(self, consumer: Consumer, parts: list[KafkaTopicPartition]) -> None:
         revoked = {TopicPartition(p.topic, p.partition) for p in parts}
