@@ -3,6 +3,7 @@ can be SIGKILLed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,53 @@ class AppProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def events(self, event: str, after: int = 0) -> list[dict[str, Any]]:
+        """The JSON log events named ``event`` past character ``after`` of the log (only whole
+        lines: the child may be writing the last one)."""
+        text = self.log_text()[after:]
+        out = []
+        for line in text[:text.rfind("\n") + 1].splitlines():
+            if line.startswith("{"):
+                e = json.loads(line)
+                if e.get("event") == event:
+                    out.append(e)
+        return out
+
+
+def wait_event(app: AppProcess, event: str, timeout_s: float, after: int = 0
+               ) -> list[dict[str, Any]]:
+    """Wait for the JSON log event ``event`` past character ``after`` of ``app``'s log."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := app.events(event, after)):
+        assert time.monotonic() < deadline, \
+            f"{event} not seen in {timeout_s} s:\n{app.log_text()[-3000:]}"
+        time.sleep(0.2)
+    return found
+
+
+def wait_progress(app: AppProcess, kafka: str, group: str, *, after: int = 0,
+                  timeout_s: float = 60.0, unless: Callable[[], bool] = lambda: False) -> None:
+    """Wait until ``app`` has processed and committed records of its own partitions: a
+    checkpoint moved ``group``'s committed offset of a partition one of its tasks started on
+    (its ``task.running`` events past character ``after`` of its log) beyond where that task
+    started. Returns early once ``unless()`` holds (e.g. the input has all been fed, so there
+    may be nothing left for it to process); fails if the process dies or on the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert app.alive, app.log_text()[-3000:]
+        started: dict[str, dict[int, int]] = {}
+        for e in app.events("task.running", after):
+            for name, offset in zip(e["partitions"], e["committed"], strict=True):
+                topic, partition = name[:-1].rsplit("[", 1)
+                started.setdefault(topic, {})[int(partition)] = -1 if offset is None else offset
+        for topic, starts in started.items():
+            now = io.committed_offsets(kafka, group, topic)
+            if any(now.get(p, -1) > offset for p, offset in starts.items()):
+                return
+        if unless():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no checkpoint of {app.spec} moved {group}'s offsets on "
+                                 f"{started} within {timeout_s} s:\n{app.log_text()[-3000:]}")
+        time.sleep(0.2)

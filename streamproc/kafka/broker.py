@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -571,13 +572,34 @@ def _port_free(port: int) -> bool:
     return True
 
 
+# Where broker ports are picked: below the kernel's ephemeral range, from which it hands out
+# the local ports of outgoing connections. A port picked in that range (bind to port 0) could be
+# taken by any client's connection while the broker restarts, and a restart reuses its ports.
+_PORTS_FROM = 20000
+_PORT_PICKS = 200
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; elsewhere the fallback below still applies
+
+
 def _free_port(exclude: int | None = None) -> int:
-    while True:
+    low = _ephemeral_low()
+    if low - _PORTS_FROM >= 1000:
+        rng = random.SystemRandom()
+        for _ in range(_PORT_PICKS):
+            port = rng.randrange(_PORTS_FROM, low)
+            if port != exclude and _port_free(port):
+                return port
+    while True:  # no room below the ephemeral range, or all taken: any free port
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
+            port = sock.getsockname()[1]
         if port != exclude:
-            return port
+            return int(port)
 
 
 def _file_size(path: Path) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamproc.kafka import io
-from tests.harness import AppProcess, create_topics, unique
+from tests.harness import AppProcess, create_topics, unique, wait_progress
 from tests.integration.test_crash import _feed
 from tests.integration.wordcount_check import assert_exactly_once, make_lines
 
@@ -33,14 +33,8 @@ def _wait_event(app: AppProcess, event: str, timeout_s: float, after: int = 0,
     """Wait for a JSON log event whose fields satisfy ``match`` (callables are predicates)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = []
-        for ln in app.log_text()[after:].splitlines():
-            if not ln.startswith("{"):
-                continue
-            e = json.loads(ln)
-            if e.get("event") == event and all(
-                    (v(e.get(k)) if callable(v) else e.get(k) == v) for k, v in match.items()):
-                found.append(e)
+        found = [e for e in app.events(event, after) if all(
+            (v(e.get(k)) if callable(v) else e.get(k) == v) for k, v in match.items())]
         if found:
             return found
         time.sleep(0.2)
@@ -65,13 +59,13 @@ def test_instance_joins_leaves_and_dies(kafka: str, tmp_path: Path) -> None:
     a.start()
     feeder = _feed(kafka, src, lines, seconds=25)
     _wait_for(a, r'"event": "task.running"', 60)
-    time.sleep(2)
+    wait_progress(a, kafka, app_id)  # A is processing the stream
 
     # B joins: cooperative rebalance moves some tasks to it; they restore from the changelog.
     b.start()
     _wait_for(b, r'"event": "task.running"', 60)
     _wait_for(a, r'"event": "rebalance.revoked"', 30)
-    time.sleep(4)
+    wait_progress(b, kafka, app_id)  # B has processed and committed input of its own
     # B leaves cleanly: final checkpoint, then its tasks come back to A.
     mark = len(a.log_text())
     assert b.terminate() == 0
@@ -79,9 +73,11 @@ def test_instance_joins_leaves_and_dies(kafka: str, tmp_path: Path) -> None:
     _wait_for(a, r'"event": "rebalance.assigned"', 60, after=mark)
 
     # B rejoins with its old state dir, then dies without a word.
+    rejoin = len(b.log_text()) - 1
     b.start()
-    _wait_for(b, r'"event": "task.running"', 60, after=len(b.log_text()) - 1)
-    time.sleep(3)
+    _wait_for(b, r'"event": "task.running"', 60, after=rejoin)
+    # Killed while processing (unless the input has all been fed and processed by then).
+    wait_progress(b, kafka, app_id, after=rejoin, unless=lambda: not feeder.is_alive())
     b.kill9()
 
     feeder.join()

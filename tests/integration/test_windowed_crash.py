@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from streamproc.kafka import io
-from tests.harness import AppProcess, create_topics, feed, unique
+from tests.harness import AppProcess, create_topics, feed, unique, wait_event, wait_progress
 
 pytestmark = [pytest.mark.kafka, pytest.mark.crash]
 
@@ -65,6 +65,22 @@ def _verify(kafka: str, app_id: str, sink: str, events: list[tuple[bytes, bytes]
     assert io.read_all(kafka, f"{app_id}-dlq") == []
 
 
+def _wait_windows(kafka: str, sink: str, events: list[tuple[bytes, bytes]],
+                  timeout_s: float = 60.0) -> None:
+    """Wait until every expected window is in ``sink`` (read_committed): the last ones close
+    only when the flush records' watermark has crossed the repartition topic, as control
+    records of a later checkpoint, and reached the window task. On the timeout it just returns:
+    ``_verify`` then says what is missing."""
+    want = len(_expected(events))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = {((r.key or b"").decode(), json.loads(r.value or b"null")["start"])
+               for r in io.read_all(kafka, sink)}
+        if len(got) >= want:
+            return
+        time.sleep(0.3)
+
+
 def test_windowed_results_are_exact_under_repeated_kill9(kafka: str, tmp_path: Path) -> None:
     app_id, src, sink = unique("wcrash"), unique("events"), unique("windows")
     create_topics(kafka, (src, PARTITIONS), (sink, 2))
@@ -86,7 +102,7 @@ def test_windowed_results_are_exact_under_repeated_kill9(kafka: str, tmp_path: P
     app.start()
     topics = [src, f"{app_id}-groups-repartition"]
     assert io.wait_processed(kafka, app_id, topics, timeout_s=120), app.log_text()[-3000:]
-    time.sleep(1)  # control records of the last checkpoint reach the window task
+    _wait_windows(kafka, sink, events)
     assert io.wait_processed(kafka, app_id, topics, timeout_s=60)
     assert app.terminate() == 0
     _verify(kafka, app_id, sink, events)
@@ -105,16 +121,19 @@ def test_windows_and_watermarks_move_with_their_partitions(kafka: str, tmp_path:
                      env, consume_batch_size=150)
     feeder = feed(kafka, src, events, seconds=12, chunks=25)
     one.start()
-    time.sleep(4)
+    wait_progress(one, kafka, app_id)  # one is processing the stream alone
     two.start()
-    time.sleep(5)
+    # Two has taken over tasks (restored from their changelogs) and is processing them too
+    # (unless the input has all been fed and processed by then).
+    wait_event(two, "task.running", 60)
+    wait_progress(two, kafka, app_id, unless=lambda: not feeder.is_alive())
     assert one.alive and two.alive, one.log_text()[-2000:] + two.log_text()[-2000:]
     one.kill9()
     feeder.join()
     io.produce(kafka, src, _flush(10_000_000))
     topics = [src, f"{app_id}-groups-repartition"]
     assert io.wait_processed(kafka, app_id, topics, timeout_s=120), two.log_text()[-3000:]
-    time.sleep(1)
+    _wait_windows(kafka, sink, events)
     assert io.wait_processed(kafka, app_id, topics, timeout_s=60)
     assert two.terminate() == 0
     assert '"rebalance.assigned"' in two.log_text()

@@ -5,13 +5,12 @@ another instance; when it wakes up (SIGCONT) with work in flight, its commit mus
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from streamproc.kafka import io
-from tests.harness import AppProcess, create_topics, unique
+from tests.harness import AppProcess, create_topics, unique, wait_progress
 from tests.integration.test_crash import _feed
 from tests.integration.test_rebalance import _wait_event
 from tests.integration.wordcount_check import assert_exactly_once, make_lines
@@ -35,14 +34,14 @@ def test_frozen_instance_is_fenced_when_it_wakes(kafka: str, tmp_path: Path) -> 
     z.start()
     _wait_event(z, "task.running", 60)
     feeder = _feed(kafka, src, lines, seconds=20)
-    time.sleep(4)
+    wait_progress(z, kafka, app_id)  # the zombie is processing: frozen mid-interval below
 
     assert z.proc is not None
     mark = len(a.log_text())
     z.proc.send_signal(signal.SIGSTOP)
     # The session (6 s) expires; A takes everything over and processes it.
     _wait_event(a, "rebalance.assigned", 60, after=mark)
-    time.sleep(3)
+    wait_progress(a, kafka, app_id, after=mark, unless=lambda: not feeder.is_alive())
     zmark = len(z.log_text())
     z.proc.send_signal(signal.SIGCONT)
     # The zombie must notice: its partitions are lost or its commit fails, and it recovers.
