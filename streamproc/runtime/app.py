@@ -214,7 +214,9 @@ class Application:
                               restored_bytes=totals.bytes if totals else 0)
         restoring = observe.restores(restorer)
         return LoopSample(
-            live=True, joined=bool(consumer.memberid()), processed=processed, produced=produced,
+            live=True, processed=processed, produced=produced,
+            joined=bool(consumer.memberid()) and self._rebalancer is not None
+            and self._rebalancer.assignments > 0,
             checkpoints=checkpoints, counters=counters,
             restored_records=(totals.records if totals else 0)
             + sum(r.records for r in restoring),

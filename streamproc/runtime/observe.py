@@ -102,7 +102,7 @@ class LoopSample:
     and ``produced`` is None when the producer is gone."""
 
     live: bool
-    joined: bool  # the consumer is a member of the group
+    joined: bool  # a member of the group whose first assignment has been handled
     processed: int
     produced: int | None
     checkpoints: int

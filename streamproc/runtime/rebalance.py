@@ -69,6 +69,9 @@ class Rebalancer:
         self._listeners = listeners
         self.barrier: Barrier | None = None  # set by the Application once both exist
         self.failed = False  # set when the loop failed: a revoke then commits nothing
+        # Assignments handled so far (empty ones too). A member id alone is set by librdkafka's
+        # thread on JoinGroup, before the loop has seen (and paused) what it was given.
+        self.assignments = 0
 
     # -- tasks ---------------------------------------------------------------------------------
     def create_task(self, tid: TaskId) -> None:
@@ -148,7 +151,9 @@ class Rebalancer:
             consumer.incremental_assign(parts)
         else:
             consumer.assign(parts)
+        self.assignments += 1
         if not parts:
+            self._listeners.assigned([], [])
             return
         # Nothing is fetched for a task until its stores are restored and it has sought to
         # the committed offsets.

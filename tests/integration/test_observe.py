@@ -13,12 +13,15 @@ import pytest
 
 from streamproc.config import load_settings
 from streamproc.kafka import io
+from streamproc.kafka.clients import new_admin
+from streamproc.ops.reset import active_members
 from streamproc.runtime.observe import CheckpointDone, InstanceView, LoopSample
 from streamproc.service import application
 from streamproc.time.watermarks import CONTROL_HEADER
 from streamproc.types import TaskId, TopicPartition
 from tests import apps
 from tests.harness import TEST_SETTINGS, create_topics, running, unique
+from tests.ops_client import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -175,3 +178,48 @@ def test_a_listener_that_cannot_start_fails_the_start(kafka: str, tmp_path: Path
     # Everything it had taken was released: the same state dir starts again at once.
     with running(topology, kafka, tmp_path) as again:
         assert again.failure is None
+
+
+class JoinRace(Recorder):
+    """Holds the loop in ``started`` until the broker lists this instance as a member of its
+    group: librdkafka's own thread joins while the loop has not yet handled (or paused) what
+    it was given."""
+
+    def __init__(self, kafka: str, app_id: str) -> None:
+        super().__init__()
+        self.kafka, self.app_id = kafka, app_id
+        self.members: list[str] = []
+        self.before_assignment: LoopSample | None = None
+
+    def started(self, view: InstanceView, instance_id: str) -> None:
+        super().started(view, instance_id)
+        admin = new_admin(io.client_base(self.kafka))
+        self.members = wait_until("the broker to list the member",
+                                  lambda: active_members(admin, self.app_id, 10),
+                                  lambda m: len(m) == 1 and not m[0].startswith("("), 30)
+        self.before_assignment = view.sample()
+
+
+def test_joined_means_the_first_assignment_was_handled(kafka: str, tmp_path: Path) -> None:
+    # /readyz is "running, joined, every task restored": an instance that counted as joined
+    # before its assignment was handled had no tasks yet, so it was ready with every store
+    # still to restore (seen under load in test_http).
+    app_id, src, sink = unique("observe-join"), unique("lines"), unique("counts")
+    create_topics(kafka, (src, 1), (sink, 1))
+    rec = JoinRace(kafka, app_id)
+    app = application(apps.renamed_wordcount(app_id, src, sink),
+                      load_settings(**{**TEST_SETTINGS, "state_dir": tmp_path,
+                                       "static_membership": False}),
+                      bootstrap=kafka, listeners=[rec])
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(app.run()), daemon=True)
+    thread.start()
+    wait_until("the tasks to run", lambda: [e for e in rec.events if e[0] == "restored"],
+               lambda r: len(r) == 2, 60)
+    app.stop()
+    thread.join(60)
+    assert result == [0]
+    before = rec.before_assignment
+    assert rec.members and before is not None
+    assert before.live and not before.joined and before.tasks == ()
+    assert rec.at_stopping is not None and rec.at_stopping.joined
