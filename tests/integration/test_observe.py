@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from streamproc import Topology
 from streamproc.config import load_settings
 from streamproc.kafka import io
 from streamproc.kafka.clients import new_admin
 from streamproc.ops.reset import active_members
+from streamproc.runtime.app import Application
 from streamproc.runtime.observe import CheckpointDone, InstanceView, LoopSample
 from streamproc.service import application
 from streamproc.time.watermarks import CONTROL_HEADER
@@ -86,18 +88,24 @@ def _kinds(rec: Recorder) -> list[str]:
     return [e[0] for e in rec.events]
 
 
+def _start(topology: Topology, kafka: str, state_dir: Path,
+           rec: Recorder) -> tuple[Application, threading.Thread, list[int]]:
+    """Run an instance with ``rec`` listening, in a thread (its exit code goes in the list)."""
+    app = application(topology, load_settings(**{**TEST_SETTINGS, "state_dir": state_dir,
+                                                 "static_membership": False}),
+                      bootstrap=kafka, listeners=[rec])
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(app.run()), daemon=True)
+    thread.start()
+    return app, thread, result
+
+
 def test_a_listener_sees_the_whole_life_of_an_instance(kafka: str, tmp_path: Path) -> None:
     app_id, src, sink = unique("observe"), unique("lines"), unique("counts")
     create_topics(kafka, (src, 2), (sink, 2))
     io.produce(kafka, src, [(f"k{i}".encode(), line.encode()) for i, line in enumerate(LINES)])
     rec = Recorder()
-    app = application(apps.renamed_wordcount(app_id, src, sink),
-                      load_settings(**{**TEST_SETTINGS, "state_dir": tmp_path,
-                                       "static_membership": False}),
-                      bootstrap=kafka, listeners=[rec])
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(app.run()), daemon=True)
-    thread.start()
+    app, thread, result = _start(apps.renamed_wordcount(app_id, src, sink), kafka, tmp_path, rec)
     repartition = f"{app_id}-words-repartition"
     assert io.wait_processed(kafka, app_id, [src, repartition], 60)
     app.stop()
@@ -207,13 +215,7 @@ def test_joined_means_the_first_assignment_was_handled(kafka: str, tmp_path: Pat
     app_id, src, sink = unique("observe-join"), unique("lines"), unique("counts")
     create_topics(kafka, (src, 1), (sink, 1))
     rec = JoinRace(kafka, app_id)
-    app = application(apps.renamed_wordcount(app_id, src, sink),
-                      load_settings(**{**TEST_SETTINGS, "state_dir": tmp_path,
-                                       "static_membership": False}),
-                      bootstrap=kafka, listeners=[rec])
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(app.run()), daemon=True)
-    thread.start()
+    app, thread, result = _start(apps.renamed_wordcount(app_id, src, sink), kafka, tmp_path, rec)
     wait_until("the tasks to run", lambda: [e for e in rec.events if e[0] == "restored"],
                lambda r: len(r) == 2, 60)
     app.stop()
