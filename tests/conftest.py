@@ -46,6 +46,9 @@ ONE_WORKER = frozenset({
 # ``tests/integration/`` (or ``tests/``). Only the order of the collection depends on these:
 # the longest first, then everything else in collection order. A new slow test belongs here.
 SLOW: dict[str, float] = {
+    # with --soak only (STREAMPROC_SOAK_SCALE=10)
+    "test_crash.py::test_kill9_at_random_moments_soak": 400,
+    "test_hostile_fuzz.py::test_hostile_input_soak": 150,
     "test_least_privilege.py": 80,
     "test_bench_smoke.py::test_every_contender_produces_the_exact_expected_output[W6-quix]": 60,
     "test_bench_smoke.py::"
@@ -162,7 +165,20 @@ def _weight(item: pytest.Item) -> float:
     return SLOW.get(key.removeprefix("tests/integration/").removeprefix("tests/"), 0.0)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="also run the soak tests (marker 'soak'): the crash and hostile-input "
+                     "suites at many times their CI size; STREAMPROC_SOAK_SCALE sets how many "
+                     "(default 10)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Soak tests are larger runs of guarantees CI already tests at its own size: on demand.
+    if not config.getoption("--soak"):
+        skip = pytest.mark.skip(reason="soak test: run with --soak")
+        for item in items:
+            if "soak" in item.keywords:
+                item.add_marker(skip)
     if not hasattr(config, "workerinput"):
         return  # a serial run keeps the collection order
     # A stable sort: equal weights (most tests: 0) keep the collection order, and so do the

@@ -3,6 +3,7 @@ time; a read_committed consumer must see every input word's effect exactly once.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -21,6 +22,8 @@ from tests.integration.wordcount_check import (
 
 pytestmark = [pytest.mark.kafka, pytest.mark.crash]
 
+SCALE = int(os.environ.get("STREAMPROC_SOAK_SCALE", "10"))  # soak tests only
+
 
 def _feed(bootstrap: str, topic: str, lines: list[str], seconds: float) -> threading.Thread:
     """Produce ``lines`` (no key) spread over ``seconds`` so that kills land mid-processing."""
@@ -38,25 +41,40 @@ def _finish_and_verify(app: AppProcess, kafka: str, app_id: str, src: str, sink:
     assert store_contents(state_dir, app_id, "counts", partitions) == dict(expected_counts(lines))
 
 
-def test_kill9_at_random_moments(kafka: str, tmp_path: Path) -> None:
+def _kill9_at_random_moments(kafka: str, tmp_path: Path, *, lines: int, feed_s: float,
+                             min_kills: int, seed: int, kill_seed: int) -> int:
     app_id, src, sink = unique("crash"), unique("lines"), unique("counts")
     create_topics(kafka, (src, 3), (sink, 3))
-    lines = make_lines(3000, seed=11)
+    text = make_lines(lines, seed=seed)
     app = AppProcess("tests.apps:wordcount", kafka, tmp_path / "state", tmp_path / "app.log",
                      {"T_APP": app_id, "T_IN": src, "T_OUT": sink},
                      consume_batch_size=200)
-    rng = random.Random(1234)
-    feeder = _feed(kafka, src, lines, seconds=20)
+    rng = random.Random(kill_seed)
+    feeder = _feed(kafka, src, text, seconds=feed_s)
     kills = 0
-    while feeder.is_alive() or kills < 6:
+    while feeder.is_alive() or kills < min_kills:
         app.start()
         time.sleep(rng.uniform(2.0, 4.5))
         assert app.alive, app.log_text()[-3000:]
         app.kill9()
         kills += 1
     feeder.join()
-    _finish_and_verify(app, kafka, app_id, src, sink, lines, tmp_path / "state", 3)
+    _finish_and_verify(app, kafka, app_id, src, sink, text, tmp_path / "state", 3)
+    return kills
+
+
+def test_kill9_at_random_moments(kafka: str, tmp_path: Path) -> None:
+    kills = _kill9_at_random_moments(kafka, tmp_path, lines=3000, feed_s=20, min_kills=6,
+                                     seed=11, kill_seed=1234)
     assert kills >= 6
+
+
+@pytest.mark.soak
+def test_kill9_at_random_moments_soak(kafka: str, tmp_path: Path) -> None:
+    """The same at SCALE times the input, feeding time and kills (``pytest --soak``)."""
+    kills = _kill9_at_random_moments(kafka, tmp_path, lines=3000 * SCALE, feed_s=20 * SCALE,
+                                     min_kills=6 * SCALE, seed=12, kill_seed=4321)
+    assert kills >= 6 * SCALE
 
 
 @pytest.mark.parametrize("point", ["before_commit", "after_commit", "after_process"])

@@ -34,3 +34,18 @@ def test_hostile_input_never_crashes_and_is_never_lost_across_a_kill(
     good = [c for c in report.cases if c.good]
     assert sum(report.dead_lettered.values()) == len(bad)
     assert sum(report.processed.values()) == len(good)
+
+
+@pytest.mark.soak
+def test_hostile_input_soak(kafka: str, tmp_path: Path) -> None:
+    """SCALE times the records, with the kill (``pytest --soak``)."""
+    scale = int(os.environ.get("STREAMPROC_SOAK_SCALE", "10"))
+    report = hostile.run(kafka, RECORDS * scale, SEED + 1, tmp_path, kill=True,
+                         timeout_s=90 * scale)
+    assert report.crashes == 0, f"seed {SEED + 1}:\n{report.details()}"
+    assert report.kills == 1
+    assert report.ok, f"seed {SEED + 1}:\n{report.details()}"
+    bad = [c for c in report.cases if not c.good]
+    good = [c for c in report.cases if c.good]
+    assert sum(report.dead_lettered.values()) == len(bad)
+    assert sum(report.processed.values()) == len(good)
