@@ -246,6 +246,11 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
     logs.configure()
     data_dir = Path(args.data_dir) if args.data_dir else None
+    if _is_cluster(args, data_dir):
+        return _cmd_cluster(args, data_dir)
+    if args.action in ("kill", "restart"):
+        raise ConfigError("--brokers", f"kafka {args.action} stops or starts one node of a "
+                          "cluster (kafka start --brokers 3); the single broker has none")
     if args.action == "start":
         b = broker.start(data_dir=data_dir, port=args.port, security=args.security)
         sys.stdout.write(b.bootstrap + "\n")
@@ -263,6 +268,53 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     sys.stdout.write(running.bootstrap + "\n")
     if running.security is not None:  # where the client files are; never a secret itself
         sys.stdout.write(describe_secured(running.security))
+    return 0
+
+
+def _is_cluster(args: argparse.Namespace, data_dir: Path | None) -> bool:
+    from streamproc.kafka import cluster
+
+    if args.brokers is not None:
+        if args.brokers < 1:
+            raise ConfigError("--brokers", f"must be at least 1, not {args.brokers}")
+        return bool(args.brokers > 1)
+    if data_dir is not None:
+        return cluster.is_cluster(data_dir.expanduser().resolve())
+    return args.action in ("kill", "restart")
+
+
+def _cmd_cluster(args: argparse.Namespace, data_dir: Path | None) -> int:
+    from streamproc.kafka import cluster
+    from streamproc.kafka.broker import default_home
+
+    where = data_dir if data_dir is not None else default_home() / "cluster"
+    if args.action == "start":
+        if args.port is not None or args.security != "plaintext":
+            raise ConfigError("--brokers", "a cluster picks its own ports and is plaintext "
+                              "(--port and --security are for the single broker)")
+        started = cluster.start(where, brokers=args.brokers or 3)
+        sys.stdout.write(started.bootstrap + "\n")
+        return 0
+    if args.action == "stop":
+        sys.stdout.write("stopped\n" if cluster.stop(where) else "not running\n")
+        return 0
+    if args.action in ("kill", "restart"):
+        if args.node is None:
+            raise ConfigError("--node", f"kafka {args.action} needs the node id (1, 2, 3...)")
+        if args.action == "kill":
+            cluster.kill(where, args.node)
+            sys.stdout.write(f"node {args.node} killed\n")
+        else:
+            sys.stdout.write(cluster.restart(where, args.node).bootstrap + "\n")
+        return 0
+    c = cluster.status(where)
+    if c is None or all(n.pid is None for n in c.nodes):
+        sys.stdout.write("not running\n")
+        return 1
+    sys.stdout.write(c.bootstrap + "\n")
+    for n in c.nodes:
+        sys.stdout.write(f"node {n.id} {n.address} "
+                         f"{'pid ' + str(n.pid) if n.pid is not None else 'down'}\n")
     return 0
 
 
@@ -370,9 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     spi.add_argument("--json", action="store_true", help="the summary as JSON")
     spi.set_defaults(func=cmd_savepoint)
 
-    kafka = sub.add_parser("kafka", help="the local single-node Kafka for development and tests")
-    kafka.add_argument("action", choices=["start", "stop", "status"])
+    kafka = sub.add_parser("kafka", help="the local Kafka for development and tests: one "
+                           "broker, or a replicated cluster (--brokers 3)")
+    kafka.add_argument("action", choices=["start", "stop", "status", "kill", "restart"])
     kafka.add_argument("--data-dir", default=None)
+    kafka.add_argument("--brokers", type=int, default=None,
+                       help="start: that many KRaft nodes (replication 3, min.insync.replicas "
+                       "2); stop/status: the cluster in the default place")
+    kafka.add_argument("--node", type=int, default=None,
+                       help="kill (SIGKILL) / restart: one node of the cluster")
     kafka.add_argument("--port", type=int, default=None)
     kafka.add_argument("--security", choices=["plaintext", "sasl_ssl"], default="plaintext",
                        help="start: sasl_ssl for SCRAM-SHA-512 and mTLS listeners with ACLs "

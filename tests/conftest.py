@@ -36,6 +36,7 @@ _shared_key = pytest.StashKey[tuple[Path, threading.Thread]]()
 # order: one worker runs each of them whole. Every other test is scheduled on its own.
 ONE_WORKER = frozenset({
     "tests/integration/test_bounded.py",
+    "tests/integration/test_cluster.py",
     "tests/integration/test_least_privilege.py",
     "tests/integration/test_local_broker.py",
     "tests/integration/test_secured_broker.py",
@@ -49,6 +50,7 @@ SLOW: dict[str, float] = {
     # with --soak only (STREAMPROC_SOAK_SCALE=10)
     "test_crash.py::test_kill9_at_random_moments_soak": 400,
     "test_hostile_fuzz.py::test_hostile_input_soak": 150,
+    "test_cluster.py": 90,
     "test_least_privilege.py": 80,
     "test_bench_smoke.py::test_every_contender_produces_the_exact_expected_output[W6-quix]": 60,
     "test_bench_smoke.py::"

@@ -37,13 +37,13 @@ from streamproc.kafka.broker_provision import (
     _file_lock,
     _find_java,
     _format_storage_once,
-    _heap_options,
     _java_hint,
     _log4j2_xml,
     _server_properties,
     _storage_formatted,
     _tail_text,
     default_home,
+    jvm_command,
     resolve_classpath,
 )
 from streamproc.kafka.broker_security import (
@@ -236,20 +236,7 @@ def _launch(
     _format_storage_once(java, classpath, data_dir, server_properties,
                          scram_format_args(secured) if secured is not None else None)
 
-    cmd = [
-        java, *_heap_options(),
-        # GC flags as in Kafka's kafka-run-class.sh: short pauses keep request
-        # latency (and thus test timing) predictable.
-        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-        "-XX:+ExplicitGCInvokesConcurrent",
-        # A broker that ran out of memory must die visibly, not limp along.
-        "-XX:+ExitOnOutOfMemoryError",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={log4j_config}",
-        f"-Dkafka.logs.dir={data_dir}",
-        "-cp", classpath,
-        "kafka.Kafka", str(server_properties),
-    ]
+    cmd = jvm_command(java, classpath, data_dir, server_properties, log4j_config)
     bootstrap = f"127.0.0.1:{broker_port}"
     log.info("kafka.broker.starting", bootstrap=bootstrap, data_dir=str(data_dir),
              kafka_version=KAFKA_VERSION, secured=secured is not None)

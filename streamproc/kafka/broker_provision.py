@@ -338,6 +338,25 @@ def _heap_options() -> list[str]:
     return [f"-Xmx{override}"]
 
 
+def jvm_command(java: str, classpath: str, data_dir: Path, server_properties: Path,
+                log4j_config: Path, heap: list[str] | None = None) -> list[str]:
+    """The broker's JVM command line (one node: kafka/cluster.py launches several)."""
+    return [
+        java, *(heap if heap is not None else _heap_options()),
+        # GC flags as in Kafka's kafka-run-class.sh: short pauses keep request
+        # latency (and thus test timing) predictable.
+        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+        "-XX:+ExplicitGCInvokesConcurrent",
+        # A broker that ran out of memory must die visibly, not limp along.
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j_config}",
+        f"-Dkafka.logs.dir={data_dir}",
+        "-cp", classpath,
+        "kafka.Kafka", str(server_properties),
+    ]
+
+
 def _find_java() -> str:
     java_home = os.environ.get("JAVA_HOME", "").strip()
     if java_home:

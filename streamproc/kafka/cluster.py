@@ -1,0 +1,372 @@
+"""A replicated local Kafka cluster: N combined broker+controller KRaft nodes on 127.0.0.1.
+
+``streamproc kafka start --brokers 3`` (and the fault tests) run the same jars as the single
+broker (kafka/broker.py), N JVMs, each in ``data_dir/node-I``, sharing one cluster id and a
+static controller quorum of all N nodes. Combined nodes rather than separate controllers: on a
+2-core machine every JVM costs, and a quorum of 3 voters already survives the loss of any one
+node, which is what the fault scenarios kill.
+
+Replication is what users run: ``default.replication.factor`` = N (at most 3),
+``min.insync.replicas`` = 2 for N >= 3, and the offsets and transaction-state topics at the
+same replication. Every node keeps its ports for the life of the data dir (the static voter set
+names the controller ports), so a node killed with SIGKILL comes back with :func:`restart` as
+the same member.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+# The broker module's process table: it reaps (and _pid_alive sees through) our nodes too.
+from streamproc.kafka.broker import _CHILDREN, _free_port, _pid_alive, _terminate
+from streamproc.kafka.broker_provision import (
+    _TAIL_LINES,
+    KAFKA_VERSION,
+    BrokerError,
+    _file_lock,
+    _find_java,
+    _format_storage_once,
+    _log4j2_xml,
+    _random_cluster_id,
+    _server_properties,
+    _tail_text,
+    jvm_command,
+    resolve_classpath,
+)
+
+log = structlog.get_logger(__name__)
+
+_STATE_FILE = "cluster.json"
+_LOCK_FILE = ".cluster.lock"
+_CLUSTER_ID_FILE = "cluster.id"  # as kafka/broker_provision.py reads it in each node's dir
+# Three JVMs share the machine with the instances under test: smaller heaps than one broker's.
+_NODE_HEAP = ["-Xmx512m", "-Xms128m"]
+_PROBE_TRANSACTIONAL_ID = "streamproc-cluster-readiness-probe"
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+    port: int
+    controller_port: int
+    data_dir: Path
+    pid: int | None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    data_dir: Path
+    nodes: tuple[Node, ...]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.address for n in self.nodes)
+
+    def node(self, node_id: int) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise BrokerError(f"the cluster in {self.data_dir} has no node {node_id} "
+                          f"(nodes: {[n.id for n in self.nodes]})")
+
+
+def is_cluster(data_dir: Path) -> bool:
+    return (data_dir / _STATE_FILE).is_file()
+
+
+def node_properties(node: Node, nodes: tuple[Node, ...]) -> str:
+    """server.properties of one node: the single broker's, with the quorum and replication of
+    a cluster."""
+    n = len(nodes)
+    replicas = str(min(3, n))
+    min_isr = "2" if n >= 3 else "1"
+    voters = ",".join(f"{x.id}@127.0.0.1:{x.controller_port}" for x in nodes)
+    return _server_properties(node.data_dir, node.port, node.controller_port, [
+        ("node.id", str(node.id)),
+        ("controller.quorum.voters", voters),
+        ("offsets.topic.replication.factor", replicas),
+        ("transaction.state.log.replication.factor", replicas),
+        ("transaction.state.log.min.isr", min_isr),
+        ("share.coordinator.state.topic.replication.factor", replicas),
+        ("share.coordinator.state.topic.min.isr", min_isr),
+        ("default.replication.factor", replicas),
+        ("min.insync.replicas", min_isr),
+        # A node that comes back must not take leadership before it has caught up.
+        ("unclean.leader.election.enable", "false"),
+    ])
+
+
+# --------------------------------------------------------------------------- lifecycle
+def start(data_dir: Path, brokers: int = 3, timeout_s: float = 180.0) -> LocalCluster:
+    """Start (or find) the cluster of ``data_dir`` and wait until every node serves, the
+    transaction coordinator initialises a producer and the group coordinator answers."""
+    if brokers < 1:
+        raise BrokerError(f"brokers must be at least 1, not {brokers}")
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with _file_lock(data_dir / _LOCK_FILE):
+        cluster = _read(data_dir)
+        if cluster is not None and len(cluster.nodes) != brokers:
+            raise BrokerError(f"the cluster in {data_dir} has {len(cluster.nodes)} nodes, not "
+                              f"{brokers}; stop it and use another data dir")
+        if cluster is None:
+            cluster = _plan(data_dir, brokers)
+        java, classpath = _find_java(), resolve_classpath()
+        cluster_id = _cluster_id(data_dir)
+        nodes = []
+        for node in cluster.nodes:
+            if node.pid is not None and _is_node(node):
+                nodes.append(node)
+                continue
+            nodes.append(_spawn(java, classpath, node, cluster.nodes, cluster_id))
+        cluster = LocalCluster(data_dir, tuple(nodes))
+        _write(cluster)
+    started = time.monotonic()
+    wait_ready(cluster, time.monotonic() + timeout_s)
+    log.info("kafka.cluster.started", bootstrap=cluster.bootstrap, nodes=len(cluster.nodes),
+             seconds=round(time.monotonic() - started, 1))
+    return cluster
+
+
+def stop(data_dir: Path, timeout_s: float = 60.0) -> bool:
+    """SIGTERM every node at once (one by one, the last ones would wait on a quorum that is
+    gone), then SIGKILL what is left after ``timeout_s``. True if a node was running."""
+    data_dir = data_dir.expanduser().resolve()
+    with _file_lock(data_dir / _LOCK_FILE):
+        cluster = _read(data_dir)
+        if cluster is None:
+            return False
+        running = [n for n in cluster.nodes if n.pid is not None and _is_node(n)]
+        log.info("kafka.cluster.stopping", nodes=[n.id for n in running])
+        threads = [threading.Thread(target=_terminate, args=(n.pid, timeout_s))
+                   for n in running if n.pid is not None]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        _write(LocalCluster(data_dir, tuple(_without_pid(n) for n in cluster.nodes)))
+        return bool(running)
+
+
+def status(data_dir: Path) -> LocalCluster | None:
+    """The cluster of ``data_dir`` with the pids of its live nodes (None for the others)."""
+    cluster = _read(data_dir.expanduser().resolve())
+    if cluster is None:
+        return None
+    return LocalCluster(cluster.data_dir, tuple(
+        n if n.pid is not None and _is_node(n) else _without_pid(n) for n in cluster.nodes))
+
+
+def kill(data_dir: Path, node_id: int) -> Node:
+    """SIGKILL one node (no clean shutdown: its leaderships move only when the controller
+    notices)."""
+    data_dir = data_dir.expanduser().resolve()
+    with _file_lock(data_dir / _LOCK_FILE):
+        cluster = _read(data_dir)
+        if cluster is None:
+            raise BrokerError(f"no cluster in {data_dir}")
+        node = cluster.node(node_id)
+        if node.pid is None or not _is_node(node):
+            raise BrokerError(f"node {node_id} of {data_dir} is not running")
+        os.kill(node.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _pid_alive(node.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _CHILDREN.pop(node.pid, None)
+        _write(LocalCluster(data_dir, tuple(_without_pid(n) if n.id == node_id else n
+                                            for n in cluster.nodes)))
+        log.info("kafka.cluster.node_killed", node=node_id, pid=node.pid)
+        return node
+
+
+def restart(data_dir: Path, node_id: int, timeout_s: float = 120.0) -> LocalCluster:
+    """Start one stopped node again, on its own ports, and wait until the cluster serves with
+    every node."""
+    data_dir = data_dir.expanduser().resolve()
+    with _file_lock(data_dir / _LOCK_FILE):
+        cluster = _read(data_dir)
+        if cluster is None:
+            raise BrokerError(f"no cluster in {data_dir}")
+        node = cluster.node(node_id)
+        if node.pid is not None and _is_node(node):
+            raise BrokerError(f"node {node_id} of {data_dir} is already running")
+        fresh = _spawn(_find_java(), resolve_classpath(), node, cluster.nodes,
+                       _cluster_id(data_dir))
+        cluster = LocalCluster(data_dir, tuple(fresh if n.id == node_id else n
+                                               for n in cluster.nodes))
+        _write(cluster)
+    wait_ready(cluster, time.monotonic() + timeout_s)
+    log.info("kafka.cluster.node_restarted", node=node_id, pid=fresh.pid)
+    return cluster
+
+
+# --------------------------------------------------------------------------- readiness
+def _probe(cluster: LocalCluster) -> dict[str, Any]:
+    return {"bootstrap.servers": cluster.bootstrap, "reconnect.backoff.ms": 50,
+            "reconnect.backoff.max.ms": 250, "log_level": 0}
+
+
+def wait_ready(cluster: LocalCluster, deadline: float) -> None:
+    """Every node registered, a transactional producer initialised, the group coordinator
+    answering: the state a test (or an instance) needs before it starts."""
+    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(_probe(cluster))
+    expected = {n.id for n in cluster.nodes}
+    while True:
+        _check_alive(cluster)
+        try:
+            brokers = set(admin.list_topics(timeout=_step(deadline, 2.0)).brokers)
+            if brokers == expected:
+                break
+        except KafkaException:
+            pass
+        _check_deadline(cluster, deadline, f"register all of {sorted(expected)}")
+    producer: Any = None
+    while True:
+        _check_alive(cluster)
+        if producer is None:
+            producer = Producer({**_probe(cluster),
+                                 "transactional.id": _PROBE_TRANSACTIONAL_ID})
+        try:
+            producer.init_transactions(_step(deadline, 5.0))
+            break
+        except KafkaException as exc:
+            if exc.args and getattr(exc.args[0], "fatal", lambda: False)():
+                producer = None
+            _check_deadline(cluster, deadline, "initialise transactions")
+    producer.flush(0)
+    while True:
+        _check_alive(cluster)
+        try:
+            admin.describe_consumer_groups([_PROBE_TRANSACTIONAL_ID],
+                                           request_timeout=_step(deadline, 5.0)
+                                           )[_PROBE_TRANSACTIONAL_ID].result()
+            return
+        except KafkaException:
+            _check_deadline(cluster, deadline, "serve consumer groups")
+
+
+def _step(deadline: float, most_s: float) -> float:
+    return max(0.1, min(most_s, deadline - time.monotonic()))
+
+
+def _check_alive(cluster: LocalCluster) -> None:
+    for n in cluster.nodes:
+        if n.pid is not None and not _pid_alive(n.pid):
+            raise BrokerError(f"node {n.id} (pid {n.pid}) of {cluster.data_dir} exited"
+                              f"{_tail(n)}")
+
+
+def _check_deadline(cluster: LocalCluster, deadline: float, what: str) -> None:
+    if time.monotonic() < deadline:
+        time.sleep(0.2)
+        return
+    raise BrokerError(f"the cluster {cluster.bootstrap} did not {what} before the timeout"
+                      + "".join(_tail(n) for n in cluster.nodes))
+
+
+def _tail(node: Node) -> str:
+    path = node.data_dir / "broker.log"
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return f"\n--- last lines of {path} ---\n{_tail_text(text, _TAIL_LINES)}"
+
+
+# --------------------------------------------------------------------------- nodes
+def _plan(data_dir: Path, brokers: int) -> LocalCluster:
+    taken: set[int] = set()
+    nodes = []
+    for i in range(1, brokers + 1):
+        ports = []
+        for _ in range(2):
+            port = _free_port()
+            while port in taken:
+                port = _free_port()
+            taken.add(port)
+            ports.append(port)
+        nodes.append(Node(i, ports[0], ports[1], data_dir / f"node-{i}", None))
+    return LocalCluster(data_dir, tuple(nodes))
+
+
+def _cluster_id(data_dir: Path) -> str:
+    path = data_dir / _CLUSTER_ID_FILE
+    if not path.is_file():
+        path.write_text(_random_cluster_id() + "\n")
+    return path.read_text().strip()
+
+
+def _spawn(java: str, classpath: str, node: Node, nodes: tuple[Node, ...],
+           cluster_id: str) -> Node:
+    node.data_dir.mkdir(parents=True, exist_ok=True)
+    # Every node formats its storage with the cluster's id (broker_provision reads it here).
+    (node.data_dir / _CLUSTER_ID_FILE).write_text(cluster_id + "\n")
+    props = node.data_dir / "server.properties"
+    props.write_text(node_properties(node, nodes))
+    log4j = node.data_dir / "log4j2.xml"
+    log4j.write_text(_log4j2_xml(node.data_dir / "broker.log"))
+    _format_storage_once(java, classpath, node.data_dir, props)
+    cmd = jvm_command(java, classpath, node.data_dir, props, log4j, heap=_NODE_HEAP)
+    with (node.data_dir / "broker.out").open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=node.data_dir, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True)
+    _CHILDREN[proc.pid] = proc
+    log.info("kafka.cluster.node_starting", node=node.id, bootstrap=node.address,
+             kafka_version=KAFKA_VERSION, pid=proc.pid)
+    return Node(node.id, node.port, node.controller_port, node.data_dir, proc.pid)
+
+
+def _is_node(node: Node) -> bool:
+    """Alive and still this node's JVM (pids are reused)."""
+    if node.pid is None or not _pid_alive(node.pid):
+        return False
+    try:
+        args = Path(f"/proc/{node.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return str(node.data_dir / "server.properties").encode() in args
+
+
+def _without_pid(node: Node) -> Node:
+    return Node(node.id, node.port, node.controller_port, node.data_dir, None)
+
+
+def _read(data_dir: Path) -> LocalCluster | None:
+    try:
+        raw = json.loads((data_dir / _STATE_FILE).read_text())
+        nodes = tuple(Node(int(n["id"]), int(n["port"]), int(n["controller_port"]),
+                           data_dir / f"node-{int(n['id'])}",
+                           n["pid"] if isinstance(n.get("pid"), int) else None)
+                      for n in raw["nodes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return LocalCluster(data_dir, nodes) if nodes else None
+
+
+def _write(cluster: LocalCluster) -> None:
+    state = {"kafka_version": KAFKA_VERSION, "written_at": datetime.now(tz=UTC).isoformat(),
+             "bootstrap": cluster.bootstrap,
+             "nodes": [{"id": n.id, "port": n.port, "controller_port": n.controller_port,
+                        "pid": n.pid} for n in cluster.nodes]}
+    tmp = cluster.data_dir / f".{_STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, cluster.data_dir / _STATE_FILE)

@@ -1,0 +1,133 @@
+"""The replicated local cluster (kafka/cluster.py): three KRaft nodes from the same jars, with
+the replication users run, that keep working through the SIGKILL of any one node."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from streamproc.kafka import cluster
+from tests.harness import cli, create_topics, unique
+from tests.ops_client import wait_until
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.LocalCluster]:
+    data_dir = tmp_path_factory.mktemp("cluster")
+    c = cluster.start(data_dir, brokers=3)
+    try:
+        yield c
+    finally:
+        cluster.stop(data_dir)
+
+
+def _leader(admin: AdminClient, topic: str, partition: int = 0) -> tuple[int, list[int]]:
+    meta = admin.list_topics(topic, timeout=10).topics[topic].partitions[partition]
+    return meta.leader, sorted(meta.isrs)
+
+
+def _commit_one(bootstrap: str, topic: str, txid: str, value: bytes) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": txid,
+                  "enable.idempotence": True, "acks": "all", "log_level": 0})
+    p.init_transactions(60)
+    p.begin_transaction()
+    p.produce(topic, value, partition=0)
+    p.commit_transaction(60)
+
+
+def _read_committed(bootstrap: str, topic: str, n: int) -> list[bytes]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"),
+                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                  "log_level": 0})
+    c.assign([KafkaTopicPartition(topic, 0, 0)])
+    out: list[bytes] = []
+    try:
+        wait_until(f"{n} committed records of {topic}",
+                   lambda: out.extend(m.value() for m in c.consume(100, 0.5)
+                                      if m.error() is None) or len(out),
+                   lambda k: k >= n, 60)
+    finally:
+        c.close()
+    return out
+
+
+def test_three_nodes_with_the_replication_users_run(three: cluster.LocalCluster) -> None:
+    admin = AdminClient({"bootstrap.servers": three.bootstrap})
+    assert sorted(admin.list_topics(timeout=10).brokers) == [1, 2, 3]
+    topic = unique("replicated")
+    create_topics(three.bootstrap, (topic, 2))  # no replication factor given: the default
+    parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    assert {p: len(m.replicas) for p, m in parts.items()} == {0: 3, 1: 3}
+    # The internal topics a transaction and a group need, at replication 3.
+    _commit_one(three.bootstrap, topic, unique("tx"), b"x")
+    internal = admin.list_topics(timeout=10).topics
+    for name in ("__transaction_state", "__consumer_offsets"):
+        if name in internal:
+            assert {len(m.replicas) for m in internal[name].partitions.values()} == {3}
+    assert "__transaction_state" in internal
+    [res] = admin.describe_configs([ConfigResource(ResourceType.BROKER, "1")]).values()
+    configs = res.result()
+    assert configs["min.insync.replicas"].value == "2"
+    assert configs["default.replication.factor"].value == "3"
+    assert configs["transaction.state.log.min.isr"].value == "2"
+    state = json.loads((three.data_dir / "cluster.json").read_text())
+    assert [n["id"] for n in state["nodes"]] == [1, 2, 3]
+    live = cluster.status(three.data_dir)
+    assert live is not None and all(n.pid is not None for n in live.nodes)
+
+
+def test_transactions_commit_through_the_kill_of_a_leader(three: cluster.LocalCluster) -> None:
+    admin = AdminClient({"bootstrap.servers": three.bootstrap})
+    topic = unique("through-kill")
+    create_topics(three.bootstrap, (topic, 1))
+    _commit_one(three.bootstrap, topic, unique("tx"), b"before")
+    leader, isr = _leader(admin, topic)
+    assert isr == [1, 2, 3]
+    cluster.kill(three.data_dir, leader)
+    try:
+        # A new leader from the in-sync replicas; min.insync.replicas=2 still holds with two.
+        wait_until("a new leader", lambda: _leader(admin, topic),
+                   lambda li: li[0] not in (leader, -1) and leader not in li[1], 60)
+        _commit_one(three.bootstrap, topic, unique("tx"), b"during")
+        down = cluster.status(three.data_dir)
+        assert down is not None and down.node(leader).pid is None
+    finally:
+        cluster.restart(three.data_dir, leader)
+    # Back as the same member, on its own ports: it catches up and rejoins the ISR.
+    wait_until("the node back in sync", lambda: _leader(admin, topic),
+               lambda li: li[1] == [1, 2, 3], 90)
+    _commit_one(three.bootstrap, topic, unique("tx"), b"after")
+    assert _read_committed(three.bootstrap, topic, 3) == [b"before", b"during", b"after"]
+
+
+def test_refusals_name_the_problem(three: cluster.LocalCluster, tmp_path: Path) -> None:
+    with pytest.raises(cluster.BrokerError, match="has 3 nodes, not 1"):
+        cluster.start(three.data_dir, brokers=1)
+    with pytest.raises(cluster.BrokerError, match="has no node 4"):
+        cluster.kill(three.data_dir, 4)
+    with pytest.raises(cluster.BrokerError, match="no cluster in"):
+        cluster.kill(tmp_path, 1)
+    with pytest.raises(cluster.BrokerError, match="already running"):
+        cluster.restart(three.data_dir, 1)
+
+
+def test_the_cli_shows_and_refuses(three: cluster.LocalCluster) -> None:
+    shown = cli(three.bootstrap, "kafka", "status", "--data-dir", str(three.data_dir))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == three.bootstrap
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["node", str(n.id), n.address] for n in three.nodes]
+    assert all(line.split()[3] == "pid" for line in lines[1:])
+    refused = cli(three.bootstrap, "kafka", "kill", "--data-dir", str(three.data_dir))
+    assert refused.returncode == 2 and "--node" in refused.stdout + refused.stderr
+    single = cli(three.bootstrap, "kafka", "restart", "--brokers", "1", "--node", "1")
+    assert single.returncode == 2 and "the single broker has none" in single.stdout + single.stderr
