@@ -158,6 +158,11 @@ class Settings(ConnectionSettings):
     health_stuck_after_ms: int = Field(
         60_000, ge=1000, le=3_600_000, description="/healthz answers 503 once the loop has not "
         "polled Kafka for this long (at least 3 poll timeouts).")
+    internal_replication_factor: int | None = Field(
+        None, ge=1, le=32, description="Replicas of every internal topic the application "
+        "creates (changelogs, repartition, dead-letter, late, instances). Unset: the broker's "
+        "default.replication.factor and min.insync.replicas. 3 or more also sets "
+        "min.insync.replicas=2 on them; more than the cluster's brokers stops the start.")
     max_record_bytes: int | None = Field(
         None, ge=1024, le=1_000_000_000, description="Largest record (key + value + headers "
         "+ framing) the instance writes; a larger output, dead letter or state value is bad "

@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from streamproc.errors import StreamprocError
+from streamproc.errors import ConfigError, StreamprocError
 from streamproc.kafka.acls import refusal
 from streamproc.kafka.clients import new_admin
 
@@ -24,6 +24,22 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
+    replication: int | None = None  # None: the broker's default.replication.factor
+
+
+def replicated(specs: list[TopicSpec], factor: int | None, brokers: int) -> list[TopicSpec]:
+    """Internal topics at ``internal_replication_factor``: that many replicas, and from 3 on
+    ``min.insync.replicas=2`` (an acks=all write survives the loss of any one replica, and a
+    commit never rests on one copy). ``None`` leaves both to the broker's defaults."""
+    if factor is None:
+        return specs
+    if factor > brokers:
+        raise ConfigError("internal_replication_factor (env STREAMPROC_INTERNAL_REPLICATION_"
+                          "FACTOR, flag --internal-replication-factor)",
+                          f"{factor} replicas, but the cluster has {brokers} "
+                          f"broker{'s' if brokers != 1 else ''}")
+    extra = {"min.insync.replicas": "2"} if factor >= 3 else {}
+    return [TopicSpec(s.name, s.partitions, {**s.config, **extra}, factor) for s in specs]
 
 
 class TopicAdmin:
@@ -83,11 +99,16 @@ class TopicAdmin:
             pending = retry
         return out
 
+    def brokers(self) -> int:
+        """How many brokers the cluster has (its metadata's broker list)."""
+        return len(self._admin.list_topics(timeout=self._timeout_s).brokers)
+
     def create(self, specs: list[TopicSpec]) -> None:
         """Create topics that do not exist yet (another instance may race us: that is fine)."""
         if not specs:
             return
-        new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1,
+        new = [NewTopic(s.name, num_partitions=s.partitions,
+                        replication_factor=s.replication if s.replication is not None else -1,
                         config=s.config) for s in specs]
         futures = self._admin.create_topics(new, operation_timeout=self._timeout_s)
         for name, fut in futures.items():

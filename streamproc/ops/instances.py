@@ -48,7 +48,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.graph.naming import instances_topic
-from streamproc.kafka.admin import TopicAdmin, TopicSpec
+from streamproc.kafka.admin import TopicAdmin, TopicSpec, replicated
 from streamproc.kafka.clients import new_consumer, new_producer
 from streamproc.names import name_problem
 from streamproc.ops.endpoint import BadEndpoint, Endpoint, parse_endpoint
@@ -300,8 +300,10 @@ class InstanceRegistry:
         self._signing_key = signing_key
         self._count = count
 
-    def start(self, admin: TopicAdmin) -> None:
-        admin.create([TopicSpec(self.topic, 1, INSTANCES_CONFIG)])
+    def start(self, admin: TopicAdmin, replication: int | None = None) -> None:
+        """``replication``: ``internal_replication_factor`` (None: the broker's default)."""
+        admin.create(replicated([TopicSpec(self.topic, 1, INSTANCES_CONFIG)], replication,
+                                admin.brokers() if replication is not None else 0))
         self._producer = new_producer({
             **self._producer_extra, "bootstrap.servers": self._bootstrap,
             "client.id": f"{self.app_id}-{self.instance}-registry",

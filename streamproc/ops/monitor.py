@@ -149,17 +149,19 @@ class InstanceMonitor:
             self._next_summary = now + SUMMARY_EVERY_S
             self._log_summary()
 
+    # Store sizes are sampled every STORE_SIZES_EVERY_S, and at the next publish after the set
+    # of tasks changed: a store that opened (or closed) shows at once, not up to 5 s later.
     def assigned(self, partitions: Sequence[TopicPartition], new_tasks: Sequence[TaskId]) -> None:
-        pass  # the next snapshot shows them
+        pass  # the next snapshot shows the partitions; their stores once the tasks run
 
     def revoked(self, partitions: Sequence[TopicPartition]) -> None:
-        pass
+        self._next_sizes = 0.0
 
     def lost(self, partitions: Sequence[TopicPartition]) -> None:
-        pass
+        self._next_sizes = 0.0
 
     def restored(self, task: TaskId) -> None:
-        pass
+        self._next_sizes = 0.0
 
     def checkpointed(self, done: CheckpointDone) -> None:
         c = self._checkpoint

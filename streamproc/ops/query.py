@@ -126,7 +126,8 @@ class QueryState:
                                     signing_key=self._signing_key, count=app.metrics.inc)
         from streamproc.kafka.admin import TopicAdmin
 
-        registry.start(app.admin or TopicAdmin(app.bootstrap, client_config=conn))
+        registry.start(app.admin or TopicAdmin(app.bootstrap, client_config=conn),
+                       s.internal_replication_factor)
         self.registry = registry
         log.info("state.queryable", url=url, registry=registry.topic, signed=self.signed)
         if s.secret("http_auth_token") is not None and not self.signed:

@@ -29,7 +29,7 @@ from streamproc.errors import ProcessingFailed, StreamprocError
 from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import CompiledTopology, compile_topology
 from streamproc.kafka.acls import NotAuthorized
-from streamproc.kafka.admin import TopicAdmin
+from streamproc.kafka.admin import TopicAdmin, replicated
 from streamproc.kafka.clients import (
     consumer_config,
     new_consumer,
@@ -231,7 +231,11 @@ class Application:
         s = self.settings
         self._admin = TopicAdmin(self.bootstrap,
                                  client_config=kafka_connection(s, self.bootstrap))
-        plan = self._plan = resolve(self.compiled, self._admin)
+        admin, factor = self._admin, s.internal_replication_factor
+        plan = self._plan = resolve(
+            self.compiled, admin,
+            replicate=lambda specs: replicated(specs, factor,
+                                               admin.brokers() if factor is not None else 0))
         self._resolve_limits()
         self._statedir.lock()
         marker = self._from_savepoint(plan) if s.from_savepoint is not None else None

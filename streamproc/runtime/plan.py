@@ -6,6 +6,7 @@ what to fix, instead of surfacing later as a produce error inside a transaction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,7 +38,12 @@ class Plan:
     partitions: dict[int, int]  # sub-topology id -> number of tasks
 
 
-def resolve(compiled: CompiledTopology, admin: Topics, dlq_partitions: int = 1) -> Plan:
+def resolve(compiled: CompiledTopology, admin: Topics, dlq_partitions: int = 1,
+            replicate: Callable[[list[TopicSpec]], list[TopicSpec]] = lambda specs: specs
+            ) -> Plan:
+    """Tasks per sub-topology, from the partition counts of the cluster's topics; creates the
+    internal topics that do not exist yet (``replicate`` sets their replication: the
+    ``internal_replication_factor`` setting, kafka/admin.py's ``replicated``)."""
     user_sources = compiled.user_source_topics
     existing = admin.partitions([*user_sources, *compiled.sink_topics,
                                  *compiled.repartition_topics,
@@ -96,7 +102,7 @@ def resolve(compiled: CompiledTopology, admin: Topics, dlq_partitions: int = 1) 
                            existing.get(compiled.dead_letter_topic) or dlq_partitions, DLQ_CONFIG))
     for topic in compiled.late_topics:  # late records, like dead letters, are kept for a while
         specs.append(TopicSpec(topic, existing.get(topic) or dlq_partitions, DLQ_CONFIG))
-    to_create = [s for s in specs if existing.get(s.name) is None]
+    to_create = replicate([s for s in specs if existing.get(s.name) is None])
     admin.create(to_create)
     return Plan(partitions=tasks)
 

@@ -111,6 +111,7 @@ def test_dashboard_renders_the_running_topology(kafka: str, tmp_path: Path) -> N
         wait_until("status with every record committed", lambda: get_json(base + "/status")[1],
                    lambda s: s["dead_letters"] == {"CodecError": 3} and s["ready"]
                    and len(s["partitions"]) == 6 and all(p["lag"] == 0 for p in s["partitions"])
+                   and len(s["stores"]) == 3
                    and [p["committed"] for p in s["partitions"][:3]] == [fed[0], fed[1], fed[2]])
 
         dom = Dom()

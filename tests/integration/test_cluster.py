@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
-from streamproc.kafka import cluster
-from tests.harness import cli, create_topics, unique
+from streamproc.config import load_settings
+from streamproc.errors import ConfigError
+from streamproc.kafka import cluster, io
+from streamproc.service import application
+from tests import apps
+from tests.harness import cli, create_topics, running, unique
 from tests.ops_client import wait_until
 
 pytestmark = pytest.mark.kafka
@@ -131,3 +135,43 @@ def test_the_cli_shows_and_refuses(three: cluster.LocalCluster) -> None:
     assert refused.returncode == 2 and "--node" in refused.stdout + refused.stderr
     single = cli(three.bootstrap, "kafka", "restart", "--brokers", "1", "--node", "1")
     assert single.returncode == 2 and "the single broker has none" in single.stdout + single.stderr
+
+
+def _internal_replication(admin: AdminClient, topics: list[str]) -> dict[str, tuple[int, str]]:
+    """Per topic: replicas of each partition (one number when they agree), and where its
+    min.insync.replicas comes from (``topic=N`` when set on the topic, else ``broker``)."""
+    meta = admin.list_topics(timeout=10).topics
+    out = {}
+    for t in topics:
+        [replicas] = {len(p.replicas) for p in meta[t].partitions.values()}
+        [res] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t)]).values()
+        entry = res.result()["min.insync.replicas"]
+        topic_level = entry.source in (ConfigSource.DYNAMIC_TOPIC_CONFIG,
+                                       ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+        out[t] = (replicas, f"topic={entry.value}" if topic_level else "broker")
+    return out
+
+
+def test_internal_topics_take_internal_replication_factor(three: cluster.LocalCluster,
+                                                          tmp_path: Path) -> None:
+    admin = AdminClient({"bootstrap.servers": three.bootstrap})
+    src, sink = unique("lines"), unique("counts")
+    create_topics(three.bootstrap, (src, 1), (sink, 1))
+    io.produce(three.bootstrap, src, [(None, b"a b a")])
+    for factor, expected in ((3, (3, "topic=2")), (None, (3, "broker")), (1, (1, "broker"))):
+        app_id = unique("replicas")
+        with running(apps.renamed_wordcount(app_id, src, sink), three.bootstrap,
+                     tmp_path / str(factor), internal_replication_factor=factor, http_port=0,
+                     static_membership=False):
+            assert io.wait_processed(three.bootstrap, app_id,
+                                     [src, f"{app_id}-words-repartition"], 60)
+        internal = [f"{app_id}-{name}" for name in
+                    ("words-repartition", "word_counts-changelog", "dlq", "instances")]
+        assert _internal_replication(admin, internal) == {t: expected for t in internal}
+    # More replicas than brokers stops the start, naming the setting.
+    refused = application(apps.renamed_wordcount(unique("replicas"), src, sink),
+                          load_settings(state_dir=tmp_path / "4", internal_replication_factor=4),
+                          bootstrap=three.bootstrap)
+    with pytest.raises(ConfigError, match=r"internal_replication_factor.*4 replicas, but the "
+                       r"cluster has 3 brokers"):
+        refused.run()
