@@ -350,6 +350,13 @@ class Application:
         # Drop the clients now, not when the Application object is collected: their threads
         # would otherwise keep reconnecting to the cluster.
         self._final = (self.processed, self.checkpoints)
+        # The coordinator and the rebalance handler refer to each other: without this the pair
+        # (and the producer and consumer they hold) would live on until a cyclic GC, its
+        # threads reconnecting to the cluster meanwhile.
+        if rebalancer is not None:
+            rebalancer.barrier = None
+        if self._checkpointer is not None:
+            self._checkpointer.reopen = _nothing
         self._collector = self._restorer = self._admin = self._consumer = None
         self._bounded = self._loop = self._checkpointer = self._rebalancer = None
         self._statedir.unlock()
@@ -391,3 +398,6 @@ class Application:
             key, value, ts, headers = letter
             self._collector.send(self.compiled.dead_letter_topic, key, value, ts, headers)
 
+
+def _nothing() -> None:
+    return None

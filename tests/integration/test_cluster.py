@@ -34,8 +34,11 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.LocalClu
 
 
 def _leader(admin: AdminClient, topic: str, partition: int = 0) -> tuple[int, list[int]]:
-    meta = admin.list_topics(topic, timeout=10).topics[topic].partitions[partition]
-    return meta.leader, sorted(meta.isrs)
+    """(leader, in-sync replicas); (-1, []) while the answering node does not know it yet."""
+    parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    if partition not in parts:
+        return -1, []
+    return parts[partition].leader, sorted(parts[partition].isrs)
 
 
 def _commit_one(bootstrap: str, topic: str, txid: str, value: bytes) -> None:
@@ -68,7 +71,10 @@ def test_three_nodes_with_the_replication_users_run(three: cluster.LocalCluster)
     assert sorted(admin.list_topics(timeout=10).brokers) == [1, 2, 3]
     topic = unique("replicated")
     create_topics(three.bootstrap, (topic, 2))  # no replication factor given: the default
-    parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    # The node that answers may learn of a new topic a moment after its creation returned.
+    parts = wait_until("the new topic in every node's metadata",
+                       lambda: admin.list_topics(topic, timeout=10).topics[topic].partitions,
+                       lambda p: len(p) == 2, 30)
     assert {p: len(m.replicas) for p, m in parts.items()} == {0: 3, 1: 3}
     # The internal topics a transaction and a group need, at replication 3.
     _commit_one(three.bootstrap, topic, unique("tx"), b"x")
@@ -93,8 +99,8 @@ def test_transactions_commit_through_the_kill_of_a_leader(three: cluster.LocalCl
     topic = unique("through-kill")
     create_topics(three.bootstrap, (topic, 1))
     _commit_one(three.bootstrap, topic, unique("tx"), b"before")
-    leader, isr = _leader(admin, topic)
-    assert isr == [1, 2, 3]
+    leader, _ = wait_until("the partition in sync on every node",
+                           lambda: _leader(admin, topic), lambda li: li[1] == [1, 2, 3], 30)
     cluster.kill(three.data_dir, leader)
     try:
         # A new leader from the in-sync replicas; min.insync.replicas=2 still holds with two.
@@ -143,7 +149,8 @@ def _internal_replication(admin: AdminClient, topics: list[str]) -> dict[str, tu
     meta = admin.list_topics(timeout=10).topics
     out = {}
     for t in topics:
-        [replicas] = {len(p.replicas) for p in meta[t].partitions.values()}
+        counts = {len(p.replicas) for p in meta[t].partitions.values()} if t in meta else set()
+        replicas = counts.pop() if len(counts) == 1 else -1  # -1: unknown yet, or mixed
         [res] = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t)]).values()
         entry = res.result()["min.insync.replicas"]
         topic_level = entry.source in (ConfigSource.DYNAMIC_TOPIC_CONFIG,
@@ -167,7 +174,10 @@ def test_internal_topics_take_internal_replication_factor(three: cluster.LocalCl
                                      [src, f"{app_id}-words-repartition"], 60)
         internal = [f"{app_id}-{name}" for name in
                     ("words-repartition", "word_counts-changelog", "dlq", "instances")]
-        assert _internal_replication(admin, internal) == {t: expected for t in internal}
+        want = {t: expected for t in internal}
+        assert wait_until("the internal topics in metadata",
+                          lambda topics=internal: _internal_replication(admin, topics),
+                          lambda got, want=want: got == want, 30) == want
     # More replicas than brokers stops the start, naming the setting.
     refused = application(apps.renamed_wordcount(unique("replicas"), src, sink),
                           load_settings(state_dir=tmp_path / "4", internal_replication_factor=4),
