@@ -29,7 +29,14 @@ from typing import Any
 import structlog
 
 # The broker module's process table: it reaps (and _pid_alive sees through) our nodes too.
-from streamproc.kafka.broker import _CHILDREN, _free_port, _pid_alive, _terminate
+from streamproc.kafka.broker import (
+    _CHILDREN,
+    _chunk,
+    _free_port,
+    _pid_alive,
+    _read_tail,
+    _terminate,
+)
 from streamproc.kafka.broker_provision import (
     _TAIL_LINES,
     KAFKA_VERSION,
@@ -40,7 +47,6 @@ from streamproc.kafka.broker_provision import (
     _log4j2_xml,
     _random_cluster_id,
     _server_properties,
-    _tail_text,
     jvm_command,
     resolve_classpath,
 )
@@ -177,17 +183,14 @@ def kill(data_dir: Path, node_id: int) -> Node:
     notices)."""
     data_dir = data_dir.expanduser().resolve()
     with _file_lock(data_dir / _LOCK_FILE):
-        cluster = _read(data_dir)
-        if cluster is None:
-            raise BrokerError(f"no cluster in {data_dir}")
-        node = cluster.node(node_id)
-        if node.pid is None or not _is_node(node):
-            raise BrokerError(f"node {node_id} of {data_dir} is not running")
-        os.kill(node.pid, signal.SIGKILL)
+        cluster, node = _existing(data_dir, node_id, running=True)
+        pid = node.pid
+        assert pid is not None  # running
+        os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while _pid_alive(node.pid) and time.monotonic() < deadline:
+        while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        _CHILDREN.pop(node.pid, None)
+        _CHILDREN.pop(pid, None)
         _write(LocalCluster(data_dir, tuple(_without_pid(n) if n.id == node_id else n
                                             for n in cluster.nodes)))
         log.info("kafka.cluster.node_killed", node=node_id, pid=node.pid)
@@ -199,12 +202,7 @@ def restart(data_dir: Path, node_id: int, timeout_s: float = 120.0) -> LocalClus
     every node."""
     data_dir = data_dir.expanduser().resolve()
     with _file_lock(data_dir / _LOCK_FILE):
-        cluster = _read(data_dir)
-        if cluster is None:
-            raise BrokerError(f"no cluster in {data_dir}")
-        node = cluster.node(node_id)
-        if node.pid is not None and _is_node(node):
-            raise BrokerError(f"node {node_id} of {data_dir} is already running")
+        cluster, node = _existing(data_dir, node_id, running=False)
         fresh = _spawn(_find_java(), resolve_classpath(), node, cluster.nodes,
                        _cluster_id(data_dir))
         cluster = LocalCluster(data_dir, tuple(fresh if n.id == node_id else n
@@ -213,6 +211,19 @@ def restart(data_dir: Path, node_id: int, timeout_s: float = 120.0) -> LocalClus
     wait_ready(cluster, time.monotonic() + timeout_s)
     log.info("kafka.cluster.node_restarted", node=node_id, pid=fresh.pid)
     return cluster
+
+
+def _existing(data_dir: Path, node_id: int, *, running: bool) -> tuple[LocalCluster, Node]:
+    """The cluster of ``data_dir`` and its node ``node_id``, which must be running (or not)."""
+    cluster = _read(data_dir)
+    if cluster is None:
+        raise BrokerError(f"no cluster in {data_dir}")
+    node = cluster.node(node_id)
+    alive = node.pid is not None and _is_node(node)
+    if alive != running:
+        raise BrokerError(f"node {node_id} of {data_dir} is "
+                          f"{'not running' if running else 'already running'}")
+    return cluster, node
 
 
 # --------------------------------------------------------------------------- readiness
@@ -232,7 +243,7 @@ def wait_ready(cluster: LocalCluster, deadline: float) -> None:
     while True:
         _check_alive(cluster)
         try:
-            brokers = set(admin.list_topics(timeout=_step(deadline, 2.0)).brokers)
+            brokers = set(admin.list_topics(timeout=_chunk(deadline, 2.0)).brokers)
             if brokers == expected:
                 break
         except KafkaException:
@@ -245,7 +256,7 @@ def wait_ready(cluster: LocalCluster, deadline: float) -> None:
             producer = Producer({**_probe(cluster),
                                  "transactional.id": _PROBE_TRANSACTIONAL_ID})
         try:
-            producer.init_transactions(_step(deadline, 5.0))
+            producer.init_transactions(_chunk(deadline, 5.0))
             break
         except KafkaException as exc:
             if exc.args and getattr(exc.args[0], "fatal", lambda: False)():
@@ -256,15 +267,11 @@ def wait_ready(cluster: LocalCluster, deadline: float) -> None:
         _check_alive(cluster)
         try:
             admin.describe_consumer_groups([_PROBE_TRANSACTIONAL_ID],
-                                           request_timeout=_step(deadline, 5.0)
+                                           request_timeout=_chunk(deadline, 5.0)
                                            )[_PROBE_TRANSACTIONAL_ID].result()
             return
         except KafkaException:
             _check_deadline(cluster, deadline, "serve consumer groups")
-
-
-def _step(deadline: float, most_s: float) -> float:
-    return max(0.1, min(most_s, deadline - time.monotonic()))
 
 
 def _check_alive(cluster: LocalCluster) -> None:
@@ -284,11 +291,8 @@ def _check_deadline(cluster: LocalCluster, deadline: float, what: str) -> None:
 
 def _tail(node: Node) -> str:
     path = node.data_dir / "broker.log"
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return f"\n--- last lines of {path} ---\n{_tail_text(text, _TAIL_LINES)}"
+    text = _read_tail(path, _TAIL_LINES)
+    return f"\n--- last lines of {path} ---\n{text}" if text else ""
 
 
 # --------------------------------------------------------------------------- nodes

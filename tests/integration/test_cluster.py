@@ -78,11 +78,12 @@ def test_three_nodes_with_the_replication_users_run(three: cluster.LocalCluster)
     assert {p: len(m.replicas) for p, m in parts.items()} == {0: 3, 1: 3}
     # The internal topics a transaction and a group need, at replication 3.
     _commit_one(three.bootstrap, topic, unique("tx"), b"x")
+    # Both exist by now: the cluster's readiness check initialised a transactional producer
+    # and described a group.
     internal = admin.list_topics(timeout=10).topics
-    for name in ("__transaction_state", "__consumer_offsets"):
-        if name in internal:
-            assert {len(m.replicas) for m in internal[name].partitions.values()} == {3}
-    assert "__transaction_state" in internal
+    assert {name: {len(m.replicas) for m in internal[name].partitions.values()}
+            for name in ("__transaction_state", "__consumer_offsets")} == {
+        "__transaction_state": {3}, "__consumer_offsets": {3}}
     [res] = admin.describe_configs([ConfigResource(ResourceType.BROKER, "1")]).values()
     configs = res.result()
     assert configs["min.insync.replicas"].value == "2"
