@@ -309,16 +309,23 @@ def _recovery(name: str, workload: dict[str, Any]) -> list[str]:
              "first output of the restarted process.", ""]
     header = ["Contender", "Guarantee", "Restored records", "Restore s", "Restore records/s",
               "Fresh start → output s", "Kill → first output s", "OK"]
-    rows, problems = [], []
+    rows, problems, restarts = [], [], []
     for contender, guarantee, entry in _entries(workload):
         rows.append([*_label(contender, guarantee), _num(entry.get("restore_records")),
                      _num(entry.get("restore_s"), 2), _num(entry.get("restore_rps")),
                      _num(entry.get("fresh_start_to_output_s"), 2),
                      _num(entry.get("kill_to_first_output_s"), 2), _ok_mark(entry)])
         problems += _problems(contender, guarantee, entry)
+        if entry.get("supervisor_restarts"):
+            restarts.append(f"{contender}: crashed {entry['supervisor_restarts']} time(s) while "
+                            f"recovering from the kill and was restarted (included in its kill "
+                            f"→ first output time): {entry.get('restart_causes')}")
     if not rows:
         return [*intro, "_No results recorded._", ""]
-    return [*intro, *_with_problems(_table(header, rows), problems), ""]
+    lines = _with_problems(_table(header, rows), problems)
+    if restarts:
+        lines += ["", "Restarts (like a supervisor's):", "", *restarts]
+    return [*intro, *lines, ""]
 
 
 def _other(name: str, workload: Any) -> list[str]:

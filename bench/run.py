@@ -277,13 +277,18 @@ def main() -> int:
             from recovery import recovery_workload
             res["workloads"]["W6"] = recovery_workload(kafka, args, work, log)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        failed = [(wl, c, g) for wl, e in res["workloads"].items()
+                  for c, by_g in e["results"].items() for g, s in by_g.items()
+                  if not s.get("ok", True)
+                  or any(not r.get("ok", True) for r in s.get("runs", []))]
+        # A failed run keeps its contenders' logs: the cause is in them.
+        if failed:
+            log(f"failed runs: their logs are kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     res["targets"] = targets(res)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     log(f"wrote {args.out}")
-    failed = [(wl, c, g) for wl, e in res["workloads"].items()
-              for c, by_g in e["results"].items() for g, s in by_g.items()
-              if not s.get("ok", True) or any(not r.get("ok", True) for r in s.get("runs", []))]
     if not args.no_report and not args.smoke:
         from report import render
         render(res, ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "benchmarks.png")
