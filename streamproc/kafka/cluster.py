@@ -197,6 +197,20 @@ def kill(data_dir: Path, node_id: int) -> Node:
         return node
 
 
+def stop_node(data_dir: Path, node_id: int, timeout_s: float = 60.0) -> Node:
+    """SIGTERM one node and wait for it to exit (a controlled shutdown: it hands its
+    leaderships over first), SIGKILL after ``timeout_s``: one step of a rolling restart."""
+    data_dir = data_dir.expanduser().resolve()
+    with _file_lock(data_dir / _LOCK_FILE):
+        cluster, node = _existing(data_dir, node_id, running=True)
+        assert node.pid is not None  # running
+        _terminate(node.pid, timeout_s)
+        _write(LocalCluster(data_dir, tuple(_without_pid(n) if n.id == node_id else n
+                                            for n in cluster.nodes)))
+        log.info("kafka.cluster.node_stopped", node=node_id, pid=node.pid)
+        return node
+
+
 def restart(data_dir: Path, node_id: int, timeout_s: float = 120.0) -> LocalCluster:
     """Start one stopped node again, on its own ports, and wait until the cluster serves with
     every node."""

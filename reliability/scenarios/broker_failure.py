@@ -1,0 +1,100 @@
+"""Scenario 2, broker failure: kill -9 of the broker that leads most of the application's
+input partitions and of its instances' transaction-state partitions, while it processes; the
+broker comes back 10-30 s later; then a rolling restart of all three brokers (each stopped
+cleanly, restarted, caught up, the next). No instance may exit or be restarted: the
+application rides it out on its own."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from reliability.harness import App, Feeder, RecoveryClock, input_spec, quiet, wait_for
+from reliability.scenario import Context, Supervisor, drain, events_count, finish
+from reliability.verify import Outputs
+
+NAME = "broker_failure"
+TITLE = "Broker failure: kill -9 of the busiest leader, then a rolling restart"
+TXN_PARTITIONS = 50  # transaction.state.log.num.partitions (the broker default)
+
+
+def java_hash(s: str) -> int:
+    """Java's String.hashCode, which the broker uses to place a transactional.id."""
+    units = s.encode("utf-16-be")  # Java hashes UTF-16 code units
+    h = 0
+    for i in range(0, len(units), 2):
+        h = (31 * h + int.from_bytes(units[i:i + 2], "big")) & 0xFFFFFFFF
+    return h
+
+
+def coordinator_partition(transactional_id: str) -> int:
+    # Kafka's Utils.abs is ``n & 0x7fffffff``, not Math.abs
+    return (java_hash(transactional_id) & 0x7FFFFFFF) % TXN_PARTITIONS
+
+
+def leaders(app: App, txids: list[str]) -> Counter[int]:
+    """Node id -> how many of the input partitions and transaction-state partitions of
+    ``txids`` it leads."""
+    md = AdminClient(quiet({"bootstrap.servers": app.bootstrap})).list_topics(timeout=30)
+    count: Counter[int] = Counter()
+    for p in md.topics[app.source].partitions.values():
+        count[p.leader] += 1
+    txn = md.topics["__transaction_state"].partitions
+    for t in txids:
+        count[txn[coordinator_partition(t)].leader] += 1
+    return count
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    if ctx.cluster_dir is None:
+        raise RuntimeError("needs the suite's own cluster (it kills brokers): drop --brokers")
+    from streamproc.kafka import cluster
+
+    records, rate = (40_000, 1_000) if ctx.smoke else (400_000, 2_000)
+    app = ctx.app(NAME)
+    instances = [app.instance(n) for n in range(3)]
+    for inst in instances:
+        inst.start()
+    sup = Supervisor(instances, ctx.rng, restart=False)
+    out, clock = Outputs(app), RecoveryClock(app)
+    started = time.monotonic()
+    feeder = Feeder(app, input_spec(records), rate).start()
+
+    def tick() -> None:
+        out.poll(0.3)
+        sup.tick()
+
+    wait_for("first outputs", lambda: (tick(), out.count_records > 0)[1], 120)
+    txids = [f"{app.app_id}-i{i.n}" for i in instances]
+    led = leaders(app, txids)
+    victim = led.most_common(1)[0][0]
+    ctx.log(f"   killing node {victim}, leader of {led[victim]} of the input and "
+            f"transaction-state partitions ({dict(led)})")
+    cluster.kill(ctx.cluster_dir, victim)
+    clock.fault()
+    down_s = 10.0 if ctx.smoke else ctx.rng.uniform(10, 30)
+    until = time.monotonic() + down_s
+    while time.monotonic() < until:
+        tick()
+    t0 = time.monotonic()
+    cluster.restart(ctx.cluster_dir, victim)
+    back_s = time.monotonic() - t0
+    rolled = []
+    for node in [n.id for n in cluster.status(ctx.cluster_dir).nodes]:  # type: ignore[union-attr]
+        tick()
+        cluster.stop_node(ctx.cluster_dir, node)
+        clock.fault()
+        cluster.restart(ctx.cluster_dir, node)
+        rolled.append(node)
+    truth = drain(out, app, feeder, sup.tick, timeout_s=600 if ctx.smoke else 3600)
+    res = finish(app, out, truth, clock, started, instances=3, killed_node=victim,
+                 killed_node_led=led[victim], node_down_s=round(down_s, 1),
+                 node_restart_s=round(back_s, 1), rolling_restart=rolled,
+                 instance_exits=len(sup.unexpected_exits),
+                 producer_recreated=events_count(app, "instance.recovering"),
+                 checkpoint_failures=events_count(app, "checkpoint.failed"))
+    res["exact"] = res["exact"] and not sup.unexpected_exits
+    return res
