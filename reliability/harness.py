@@ -98,6 +98,16 @@ class App:
         return [i.stop(timeout_s) for i in self.instances]
 
 
+# Every instance process started, so that the runner can kill what a failed scenario left.
+STARTED: list[Instance] = []
+
+
+def kill_all() -> None:
+    for inst in STARTED:
+        if inst.alive:
+            inst.signal(signal.SIGKILL)
+
+
 class Instance:
     """One instance of an :class:`App` as a real process: start, kill -9, stop, pause."""
 
@@ -115,7 +125,8 @@ class Instance:
 
     def argv(self) -> list[str]:
         a = self.app
-        return [*self.prefix, sys.executable, "-m", "streamproc.cli", "run", "reliability.topology:build",
+        return [*self.prefix, sys.executable, "-m", "streamproc.cli", "run",
+                "reliability.topology:build",
                 "--param", f"app_id={a.app_id}", "--param", f"source={a.source}",
                 "--param", f"counts={a.counts}", "--param", f"windows_topic={a.windows}"]
 
@@ -134,6 +145,7 @@ class Instance:
                                   "env": extra_env}).encode() + b"\n")
             self.proc = subprocess.Popen(self.argv(), cwd=ROOT, env=self.env(extra_env),
                                          stdout=log, stderr=subprocess.STDOUT)
+        STARTED.append(self)
         return self
 
     @property

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from reliability.harness import kill_all  # noqa: E402
 from reliability.scenario import Context  # noqa: E402
 
 SCENARIOS = ("rotation", "broker_failure", "network", "zombie", "disk_full", "state_loss",
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
     seed = args.seed if args.seed is not None else int(time.time())
+    # A SIGTERM (a CI timeout) still stops the cluster and the instances: the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out_path = args.out or HERE / ("results-smoke.json" if args.smoke else "results.json")
 
     os.environ.setdefault("STREAMPROC_LOG_LEVEL", "warning")
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 res = {"exact": False, "error": f"{type(exc).__name__}: {exc}",
                        "traceback": traceback.format_exc()[-4000:]}
+                kill_all()  # its instances must not load the next scenario
             res.setdefault("seconds", round(time.monotonic() - t0, 1))
             results["scenarios"][name] = res
             if not res.get("exact"):
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"   {name}: {'EXACT' if res.get('exact') else 'FAILED'} "
                 + json.dumps({k: v for k, v in res.items() if k != "traceback"}, default=str))
     finally:
+        kill_all()  # what a failed scenario left running
         if cluster_dir is not None:
             cluster.stop(cluster_dir)
         out_path.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -51,7 +51,7 @@ from streamproc.runtime.limits import (
     write_limits,
     written_topics,
 )
-from streamproc.runtime.loop import ConsumerLoop
+from streamproc.runtime.loop import REJOIN_PATTERN, ConsumerLoop
 from streamproc.runtime.observe import InstanceListener, Listeners, LoopSample
 from streamproc.runtime.plan import (
     Plan,
@@ -288,6 +288,10 @@ class Application:
         topics = list(self.compiled.topic_subtopology)
         consumer.subscribe(topics, on_assign=rebalancer.on_assign,
                            on_revoke=rebalancer.on_revoke, on_lost=rebalancer.on_lost)
+        if self._cooperative and s.static_membership:
+            self._loop.rejoin_once = lambda: consumer.subscribe(
+                [*topics, REJOIN_PATTERN], on_assign=rebalancer.on_assign,
+                on_revoke=rebalancer.on_revoke, on_lost=rebalancer.on_lost)
         self.listeners.started(self, instance)
         log.info("instance.started", app=self.app_id, instance=instance,
                  guarantee=self.guarantee, commit_interval_ms=s.commit_interval_ms,

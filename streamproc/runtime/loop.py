@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import Any, Protocol
 
 import structlog
@@ -33,6 +33,9 @@ from streamproc.types import TaskId, TopicPartition
 log = structlog.get_logger(__name__)
 
 _STATS_EVERY_S = 10.0
+# A subscription pattern no topic can match ('~' is not allowed in topic names): adding it
+# changes the subscription, which makes the member rejoin (see ConsumerLoop.rejoin_once).
+REJOIN_PATTERN = "^streamproc~rejoin$"
 
 
 class RunControl(Protocol):
@@ -82,6 +85,16 @@ class ConsumerLoop:
         self._stop = stop
         self._amo = settings.processing_guarantee == "at_most_once"
         self.processed = 0
+        # A static member that restarts gets, without a rebalance, the assignment the group
+        # last gave its previous incarnation. Under the cooperative protocol that can lack
+        # partitions the leader withheld from it, to be revoked and handed to another member
+        # in a follow-up rebalance that only the previous incarnation would have asked for:
+        # if it died first, nobody asks, and those partitions stay unassigned until the next
+        # rebalance, which may never come (the fault suite found this: reliability/). So once
+        # this member has its first assignment it rejoins once: the group rebalances with
+        # what every member really owns, and withheld partitions find an owner. Set by the
+        # Application when it uses static membership with the cooperative protocol.
+        self.rejoin_once: Callable[[], None] | None = None
 
     # -- RunControl (for the run policy) -------------------------------------------------------
     @property
@@ -136,6 +149,10 @@ class ConsumerLoop:
             if restorer.active:
                 for task in restorer.step(poll_s if not msgs else 0.0):
                     rebalancer.restored(task)
+            if self.rejoin_once is not None and rebalancer.assignments:
+                rejoin, self.rejoin_once = self.rejoin_once, None
+                log.info("rebalance.rejoin", reason="first assignment of a static member")
+                rejoin()
             collector.poll()
             now = time.monotonic()
             listeners.tick(now)
