@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer
 from streamproc.api.topology import Topology
 from streamproc.config import Settings
 from streamproc.connection import kafka_connection
-from streamproc.errors import ProcessingFailed, StreamprocError
+from streamproc.errors import DiskFull, ProcessingFailed, StreamprocError
 from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import CompiledTopology, compile_topology
 from streamproc.kafka.acls import NotAuthorized
@@ -125,20 +125,30 @@ class Application:
     def run(self) -> int:
         """Run until :meth:`stop`; returns the process exit code (0 clean, 1 failed). A start
         that fails (bad configuration, a refused savepoint, no cluster) raises, after releasing
-        what it had taken (the state dir lock, the clients)."""
+        what it had taken (the state dir lock, the clients). A full state disk, at start or
+        later, is one ``state.disk_full`` error line and 1."""
         try:
             self._start()
         except BaseException as exc:
             self._failed = exc
             self._started = False
+            if isinstance(exc, DiskFull):
+                self._log_disk_full(exc)
             try:
                 self._shutdown()
             except Exception as cleanup:  # the start's error is the one to report
                 log.debug("instance.cleanup_failed", error=str(cleanup))
+            if isinstance(exc, DiskFull):
+                return 1
             raise
         assert self._loop is not None
         try:
             self._loop.run()
+        except DiskFull as exc:
+            # Not a crash: what was committed is safe (runtime/checkpoint.py), so one line that
+            # names the path, no traceback, and no retry in place that could only fail again.
+            self._failed = exc
+            self._log_disk_full(exc)
         except ProcessingFailed as exc:
             self._failed = exc
             log.error("instance.failed", error=str(exc), policy="fail", topic=exc.topic,
@@ -158,6 +168,11 @@ class Application:
         finally:
             self._shutdown()
         return 1 if self._failed else 0
+
+    @staticmethod
+    def _log_disk_full(exc: DiskFull) -> None:
+        log.error("state.disk_full", path=str(exc.path), store=exc.store,
+                  partition=exc.partition, error=str(exc))
 
     # -- observation (runtime/observe.py: InstanceView; read on the loop's thread) ------------
     @property
@@ -329,10 +344,14 @@ class Application:
     def _shutdown(self) -> None:
         self.listeners.stopping(self._failed)
         collector, rebalancer = self._collector, self._rebalancer
+        if self._failed is None and self._checkpointer is not None:
+            try:
+                self._checkpointer.checkpoint("shutdown")
+            except DiskFull as exc:  # Kafka committed; the stores replay it from the changelog
+                self._failed = exc
+                self._log_disk_full(exc)
         if rebalancer is not None:
             rebalancer.failed = self._failed is not None  # a failed loop's revoke commits nothing
-        if self._failed is None and self._checkpointer is not None:
-            self._checkpointer.checkpoint("shutdown")
         if self._failed is not None and collector is not None and self._eos and self._started:
             collector.reset()  # fences and aborts the open transaction: nothing past it commits
         if self._consumer is not None:
