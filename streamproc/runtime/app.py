@@ -36,6 +36,7 @@ from streamproc.kafka.clients import (
     producer_config,
     restore_consumer_config,
 )
+from streamproc.kafka.probe import ClusterProbe
 from streamproc.metrics import Metrics
 from streamproc.runtime import observe
 from streamproc.runtime.bounded import Bounded
@@ -62,6 +63,7 @@ from streamproc.runtime.plan import (
 )
 from streamproc.runtime.rebalance import Rebalancer
 from streamproc.runtime.restore import Restorer
+from streamproc.runtime.startup import wait_for_cluster
 from streamproc.runtime.statedir import StateDir
 from streamproc.runtime.strays import StrayPartitions
 from streamproc.runtime.task import Task
@@ -126,9 +128,13 @@ class Application:
         """Run until :meth:`stop`; returns the process exit code (0 clean, 1 failed). A start
         that fails (bad configuration, a refused savepoint, no cluster) raises, after releasing
         what it had taken (the state dir lock, the clients). A full state disk, at start or
-        later, is one ``state.disk_full`` error line and 1."""
+        later, is one ``state.disk_full`` error line and 1. A cluster that does not answer yet
+        is waited for (runtime/startup.py); a stop meanwhile returns 0."""
         try:
-            self._start()
+            if not self._start():
+                self._started = False  # stopped while waiting for the cluster: nothing began
+                self._shutdown()
+                return 0
         except BaseException as exc:
             self._failed = exc
             self._started = False
@@ -242,8 +248,16 @@ class Application:
             stores=observe.store_sizes(self._tasks) if stores else None)
 
     # -- start and stop ------------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """Build and start everything; False when stopped before the cluster answered."""
         s = self.settings
+        probe = ClusterProbe(kafka_connection(s, self.bootstrap))
+        try:
+            if not wait_for_cluster(probe.answer, bootstrap=self.bootstrap,
+                                    timeout_ms=s.startup_timeout_ms, stop=self._stop):
+                return False
+        finally:
+            probe.close()
         self._admin = TopicAdmin(self.bootstrap,
                                  client_config=kafka_connection(s, self.bootstrap))
         admin, factor = self._admin, s.internal_replication_factor
@@ -309,6 +323,7 @@ class Application:
                  assignor="cooperative-sticky" if self._cooperative else "range",
                  topics=topics, tasks_per_subtopology=plan.partitions,
                  state_dir=str(self._statedir.path), brokers=self.bootstrap)
+        return True
 
     def _resolve_limits(self) -> None:
         """``max_record_bytes`` and the output timestamp ranges, from the configuration of every
