@@ -5,8 +5,10 @@ tests/integration/test_broker_down.py."""
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from structlog.testing import capture_logs
 
+from streamproc.kafka.probe import ClusterProbe, CredentialsRefused
 from streamproc.runtime.startup import Backoff, ClusterUnreachable, wait_for_cluster
 from tests.harness import cli
 from tests.unit.test_cli_errors import NOWHERE, one_error
@@ -134,3 +136,32 @@ def test_a_bad_startup_timeout_fails_fast_naming_the_setting(value: str, problem
     setting = "startup_timeout_ms (env STREAMPROC_STARTUP_TIMEOUT_MS, flag --startup-timeout-ms)"
     assert one_error(proc) == {"event": "config.invalid", "setting": setting,
                                "error": f"invalid setting {setting!r}: {problem}"}
+
+
+def test_the_probe_says_why_and_keeps_librdkafka_quiet() -> None:
+    """A real client against a port that refuses: the reason comes back, and librdkafka's
+    reconnect lines (dozens a second) stay at debug level."""
+    probe = ClusterProbe({"bootstrap.servers": NOWHERE})
+    with capture_logs() as logs:
+        why = probe.answer(0.5)
+    probe.close()
+    assert why is not None and "Connection refused" in why, why
+    assert {e["log_level"] for e in logs} <= {"debug"}, logs
+
+
+def test_refused_credentials_fail_at_once() -> None:
+    probe = ClusterProbe({"bootstrap.servers": NOWHERE})
+
+    class Refusing:
+        def list_topics(self, timeout: float) -> None:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no metadata"))
+
+        def poll(self, timeout: float) -> int:
+            probe._on_error(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication "
+                                       "error: Authentication failed (invalid credentials)"))
+            return 1
+
+    probe._admin = Refusing()  # type: ignore[assignment]
+    with pytest.raises(CredentialsRefused, match="refused this instance's credentials: SASL "
+                       "authentication error: Authentication failed"):
+        probe.answer(0.5)
