@@ -5,7 +5,10 @@ there, injected."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +125,51 @@ def test_the_state_dir_lock_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.M
     d.unlock()  # released: another instance (the restart) can take it
     d.lock()
     d.unlock()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs (root only: skipped elsewhere), to fill for real."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    got = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if got.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {got.stderr.strip() or got.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path) -> None:
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 16, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * size)
+
+
+def test_rocksdb_on_a_really_full_disk(small_disk: Path) -> None:
+    """Opening a new store, and reopening one whose WAL must be flushed to a table file, on a
+    disk without a byte left: DiskFull naming the store, and nothing wiped."""
+    old = KeyValueStore("counts", 0, small_disk / "app" / "counts" / "0", codecs.json())
+    old.open()
+    old.commit([(b"k%d" % i, b"%d" % i) for i in range(1000)], 1000)
+    old.close()
+    files = {p.name for p in old.path.iterdir()}
+    _fill(small_disk / "filler")
+
+    with pytest.raises(DiskFull) as raised:
+        old.open()
+    assert (raised.value.store, raised.value.partition, raised.value.path) == \
+        ("counts", 0, old.path)
+    assert {p.name for p in old.path.iterdir()} >= files  # not wiped
+    new = KeyValueStore("counts", 1, small_disk / "app" / "counts" / "1", codecs.json())
+    with pytest.raises(DiskFull, match=r"counts/1 \(store 'counts', partition 1\)"):
+        new.open()
+
+    (small_disk / "filler").unlink()
+    old.open()
+    assert len(dict(old.items())) == 1000 and old.changelog_offset == 1000
+    old.close()
