@@ -52,6 +52,10 @@ class Settings(ConnectionSettings):
     # blocks read_committed readers with its open transaction.
     transaction_timeout_ms: int = Field(10_000, ge=1000, le=900_000)
     shutdown_timeout_ms: int = Field(30_000, ge=1000)
+    startup_timeout_ms: int | None = Field(
+        None, ge=1000, description="How long a start waits for the Kafka cluster to answer "
+        "(retrying with a kafka.unreachable line, backing off to one a 30 s) before it fails; "
+        "unset: as long as it takes, so that instances and brokers may start in any order.")
     state_cache_max_keys: int = Field(200_000, ge=0)
     restore_batch_size: int = Field(10_000, ge=1)
     until: str | None = Field(

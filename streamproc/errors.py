@@ -5,6 +5,9 @@ This module is a leaf: it imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class StreamprocError(Exception):
     """Root of every error the engine raises on purpose."""
@@ -35,6 +38,38 @@ class CodecError(StreamprocError):
 class InfrastructureError(StreamprocError):
     """Not the record's fault (e.g. the schema registry is unreachable): never dead-lettered or
     skipped. The instance stops; after a restart it replays from the last checkpoint."""
+
+
+# How a full disk (or an exhausted quota) reads in Python's OSError and in RocksDB's messages:
+# rocksdict raises plain Exceptions carrying RocksDB's text ("IO error: No space left on device:
+# While appending to file: ...") or Rust's ("No space left on device (os error 28)").
+_NO_SPACE = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` says the file system ran out of space (ENOSPC) or quota (EDQUOT)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return any(t in text for t in _NO_SPACE)
+
+
+class DiskFull(InfrastructureError):
+    """The local state directory has no space left. Nothing can be retried in place (RocksDB
+    refuses every write after its first failed one), so the instance stops; a restart once
+    space is freed resumes from the last checkpoint: Kafka committed first, and a store whose
+    last write-back failed replays the committed changes from its changelog."""
+
+    def __init__(self, path: Path, cause: BaseException, *, store: str | None = None,
+                 partition: int | None = None) -> None:
+        where = f" (store {store!r}, partition {partition})" if store is not None else ""
+        super().__init__(
+            f"no space left for local state at {path}{where}: {cause}. Free space on that "
+            "volume (or point STREAMPROC_STATE_DIR at a larger one) and restart: the instance "
+            "resumes from its last checkpoint")
+        self.path = path
+        self.store = store
+        self.partition = partition
 
 
 class ProcessingFailed(StreamprocError):

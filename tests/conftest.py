@@ -73,6 +73,8 @@ SLOW: dict[str, float] = {
     "test_bench_smoke.py::test_every_contender_produces_the_exact_expected_output[W2-all]": 27,
     "test_dlq_cli.py::test_inspect_and_replay": 25,
     "test_rebalance.py::test_state_moves_with_its_partitions": 24,
+    "test_disk_full.py::test_full_state_disk_stops_cleanly_and_a_restart_is_exact": 22,
+    "test_broker_down.py::test_waits_for_the_broker_then_runs_exactly": 16,
     "test_bench_smoke.py::test_every_contender_produces_the_exact_expected_output[W1-all]": 23,
     "test_savepoints.py::test_windows_and_watermarks_carry_over_to_a_new_application": 20,
     "test_savepoints.py::test_second_app_from_a_savepoint_continues_exactly_like_the_original": 17,

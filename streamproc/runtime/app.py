@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer
 from streamproc.api.topology import Topology
 from streamproc.config import Settings
 from streamproc.connection import kafka_connection
-from streamproc.errors import ProcessingFailed, StreamprocError
+from streamproc.errors import DiskFull, ProcessingFailed, StreamprocError
 from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import CompiledTopology, compile_topology
 from streamproc.kafka.acls import NotAuthorized
@@ -36,6 +36,7 @@ from streamproc.kafka.clients import (
     producer_config,
     restore_consumer_config,
 )
+from streamproc.kafka.probe import ClusterProbe
 from streamproc.metrics import Metrics
 from streamproc.runtime import observe
 from streamproc.runtime.bounded import Bounded
@@ -62,6 +63,7 @@ from streamproc.runtime.plan import (
 )
 from streamproc.runtime.rebalance import Rebalancer
 from streamproc.runtime.restore import Restorer
+from streamproc.runtime.startup import wait_for_cluster
 from streamproc.runtime.statedir import StateDir
 from streamproc.runtime.strays import StrayPartitions
 from streamproc.runtime.task import Task
@@ -125,20 +127,34 @@ class Application:
     def run(self) -> int:
         """Run until :meth:`stop`; returns the process exit code (0 clean, 1 failed). A start
         that fails (bad configuration, a refused savepoint, no cluster) raises, after releasing
-        what it had taken (the state dir lock, the clients)."""
+        what it had taken (the state dir lock, the clients). A full state disk, at start or
+        later, is one ``state.disk_full`` error line and 1. A cluster that does not answer yet
+        is waited for (runtime/startup.py); a stop meanwhile returns 0."""
         try:
-            self._start()
+            if not self._start():
+                self._started = False  # stopped while waiting for the cluster: nothing began
+                self._shutdown()
+                return 0
         except BaseException as exc:
             self._failed = exc
             self._started = False
+            if isinstance(exc, DiskFull):
+                self._log_disk_full(exc)
             try:
                 self._shutdown()
             except Exception as cleanup:  # the start's error is the one to report
                 log.debug("instance.cleanup_failed", error=str(cleanup))
+            if isinstance(exc, DiskFull):
+                return 1
             raise
         assert self._loop is not None
         try:
             self._loop.run()
+        except DiskFull as exc:
+            # Not a crash: what was committed is safe (runtime/checkpoint.py), so one line that
+            # names the path, no traceback, and no retry in place that could only fail again.
+            self._failed = exc
+            self._log_disk_full(exc)
         except ProcessingFailed as exc:
             self._failed = exc
             log.error("instance.failed", error=str(exc), policy="fail", topic=exc.topic,
@@ -158,6 +174,11 @@ class Application:
         finally:
             self._shutdown()
         return 1 if self._failed else 0
+
+    @staticmethod
+    def _log_disk_full(exc: DiskFull) -> None:
+        log.error("state.disk_full", path=str(exc.path), store=exc.store,
+                  partition=exc.partition, error=str(exc))
 
     # -- observation (runtime/observe.py: InstanceView; read on the loop's thread) ------------
     @property
@@ -227,8 +248,16 @@ class Application:
             stores=observe.store_sizes(self._tasks) if stores else None)
 
     # -- start and stop ------------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """Build and start everything; False when stopped before the cluster answered."""
         s = self.settings
+        probe = ClusterProbe(kafka_connection(s, self.bootstrap))
+        try:
+            if not wait_for_cluster(probe.answer, bootstrap=self.bootstrap,
+                                    timeout_ms=s.startup_timeout_ms, stop=self._stop):
+                return False
+        finally:
+            probe.close()
         self._admin = TopicAdmin(self.bootstrap,
                                  client_config=kafka_connection(s, self.bootstrap))
         admin, factor = self._admin, s.internal_replication_factor
@@ -298,6 +327,7 @@ class Application:
                  assignor="cooperative-sticky" if self._cooperative else "range",
                  topics=topics, tasks_per_subtopology=plan.partitions,
                  state_dir=str(self._statedir.path), brokers=self.bootstrap)
+        return True
 
     def _resolve_limits(self) -> None:
         """``max_record_bytes`` and the output timestamp ranges, from the configuration of every
@@ -333,10 +363,14 @@ class Application:
     def _shutdown(self) -> None:
         self.listeners.stopping(self._failed)
         collector, rebalancer = self._collector, self._rebalancer
+        if self._failed is None and self._checkpointer is not None:
+            try:
+                self._checkpointer.checkpoint("shutdown")
+            except DiskFull as exc:  # Kafka committed; the stores replay it from the changelog
+                self._failed = exc
+                self._log_disk_full(exc)
         if rebalancer is not None:
             rebalancer.failed = self._failed is not None  # a failed loop's revoke commits nothing
-        if self._failed is None and self._checkpointer is not None:
-            self._checkpointer.checkpoint("shutdown")
         if self._failed is not None and collector is not None and self._eos and self._started:
             collector.reset()  # fences and aborts the open transaction: nothing past it commits
         if self._consumer is not None:

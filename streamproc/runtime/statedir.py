@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import IO
 
-from streamproc.errors import ConfigError
+from streamproc.errors import ConfigError, DiskFull, is_disk_full
 from streamproc.names import describe_problem, name_problem, path_component_problem
 
 
@@ -71,8 +71,16 @@ class StateDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull(self.path, exc) from exc
             raise ConfigError("state_dir", f"cannot create {self.path}: {exc}") from exc
-        f = open(self.path / ".lock", "w")  # noqa: SIM115 - held open for the process lifetime
+        lock = self.path / ".lock"
+        try:
+            f = open(lock, "w")  # noqa: SIM115 - held open for the process lifetime
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull(lock, exc) from exc
+            raise
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -80,15 +88,25 @@ class StateDir:
             raise ConfigError(
                 "state_dir", f"{self.path} is in use by another instance; give each instance "
                 "its own STREAMPROC_STATE_DIR") from None
-        f.write(str(os.getpid()))
-        f.flush()
-        self._lock = f
+        self._lock = f  # held from here: unlock() releases it whatever follows
+        try:
+            f.write(str(os.getpid()))  # for people, not for the lock
+            f.flush()
+        except OSError as exc:
+            # The first write a restart makes on a disk that is still full.
+            if is_disk_full(exc):
+                raise DiskFull(lock, exc) from exc
+            raise
 
     def unlock(self) -> None:
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
-            self._lock = None
+            f, self._lock = self._lock, None
+            fcntl.flock(f, fcntl.LOCK_UN)
+            try:
+                f.close()
+            except OSError as exc:  # the pid it could not write (a full disk): nothing lost
+                if not is_disk_full(exc):
+                    raise
 
     def instance_id(self, configured: str | None) -> str:
         """The configured id, else one generated on first start and kept here, so a restarted
@@ -111,6 +129,11 @@ class StateDir:
                 return value
         value = uuid.uuid4().hex[:12]
         tmp = f.with_suffix(".tmp")
-        tmp.write_text(value)
+        try:
+            tmp.write_text(value)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull(f, exc) from exc
+            raise
         tmp.replace(f)
         return value

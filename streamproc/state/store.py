@@ -20,7 +20,7 @@ import rocksdict
 import structlog
 
 from streamproc.codecs.base import Codec
-from streamproc.errors import InfrastructureError, StreamprocError
+from streamproc.errors import DiskFull, InfrastructureError, StreamprocError, is_disk_full
 from streamproc.runtime.statedir import store_dir_problem
 
 log = structlog.get_logger(__name__)
@@ -80,6 +80,9 @@ class KeyValueStore:
         self._meta_handle: Any = None
         self._meta: rocksdict.Rdict | None = None
         self._read_lock = threading.Lock()
+        # Set once a write found the disk full: RocksDB then fails every later call on this
+        # database (close included, "Writer has previous error"), which says nothing new.
+        self.disk_full = False
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self) -> bool:
@@ -90,7 +93,11 @@ class KeyValueStore:
             return False
         except Exception as exc:
             # RocksDB raises plain Exceptions; only corruption-like failures are recoverable by a
-            # rebuild. A lock held by another process is a configuration error, not corruption.
+            # rebuild. A lock held by another process is a configuration error, not corruption;
+            # a full disk is neither (wiping would only turn it into a full rebuild that fills
+            # the disk again): the instance stops and the database stays as it is.
+            if is_disk_full(exc):
+                raise self._no_space(exc) from exc
             text = str(exc)
             # Match RocksDB's own lock failures, not any path that happens to contain "lock".
             if "/LOCK:" in text or "lock hold by" in text:
@@ -100,8 +107,25 @@ class KeyValueStore:
             log.warning("state.store_corrupt_wiped", store=self.name, partition=self.partition,
                         path=str(self.path), error=str(exc))
             self.wipe()
-            self._open_db()
+            try:
+                self._open_db()
+            except Exception as again:
+                if is_disk_full(again):
+                    raise self._no_space(again) from again
+                raise
             return True
+
+    def _no_space(self, exc: BaseException) -> DiskFull:
+        self.disk_full = True
+        return DiskFull(self.path, exc, store=self.name, partition=self.partition)
+
+    def _write(self, batch: rocksdict.WriteBatch) -> None:
+        try:
+            self.db.write(batch)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise self._no_space(exc) from exc
+            raise
 
     def _open_db(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -132,8 +156,16 @@ class KeyValueStore:
                 # Column-family handles keep the DB alive (and its LOCK held); drop them first.
                 self._meta_handle = None
                 self._meta = None
-                self._db.close()
-                self._db = None
+                db, self._db = self._db, None
+                try:
+                    db.close()
+                except Exception as exc:
+                    # What was written is in the WAL already; a close that fails loses nothing
+                    # committed (the next open recovers the WAL), so it must not hide the error
+                    # that made the instance stop.
+                    (log.debug if self.disk_full or is_disk_full(exc) else log.warning)(
+                        "state.close_failed", store=self.name, partition=self.partition,
+                        path=str(self.path), error=str(exc))
 
     @property
     def db(self) -> rocksdict.Rdict:
@@ -205,7 +237,7 @@ class KeyValueStore:
                 batch.put(key, raw)
         if changelog_next is not None:
             batch.put(_CHANGELOG_OFFSET, _OFFSET.pack(changelog_next), self._meta_handle)
-        self.db.write(batch)
+        self._write(batch)
         self.dirty.clear()
         if len(self.cache) > self.cache_max_keys:
             self.cache.clear()
@@ -229,7 +261,7 @@ class KeyValueStore:
     def apply_restore_batch(self, batch: rocksdict.WriteBatch, next_offset: int) -> None:
         """Write a filled restore batch together with the changelog offset it reaches."""
         batch.put(_CHANGELOG_OFFSET, _OFFSET.pack(next_offset), self._meta_handle)
-        self.db.write(batch)
+        self._write(batch)
 
     def check_values(self, limit: int = CHECK_SAMPLE) -> int:
         """Decode up to ``limit`` stored values (in key order): a store written with a schema
