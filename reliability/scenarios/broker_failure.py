@@ -18,7 +18,6 @@ from reliability.verify import Outputs
 
 NAME = "broker_failure"
 TITLE = "Broker failure: kill -9 of the busiest leader, then a rolling restart"
-TXN_PARTITIONS = 50  # transaction.state.log.num.partitions (the broker default)
 
 
 def java_hash(s: str) -> int:
@@ -30,9 +29,10 @@ def java_hash(s: str) -> int:
     return h
 
 
-def coordinator_partition(transactional_id: str) -> int:
-    # Kafka's Utils.abs is ``n & 0x7fffffff``, not Math.abs
-    return (java_hash(transactional_id) & 0x7FFFFFFF) % TXN_PARTITIONS
+def coordinator_partition(transactional_id: str, partitions: int) -> int:
+    """The __transaction_state partition of a transactional.id (Kafka's Utils.abs is
+    ``n & 0x7fffffff``, not Math.abs)."""
+    return (java_hash(transactional_id) & 0x7FFFFFFF) % partitions
 
 
 def leaders(app: App, txids: list[str]) -> Counter[int]:
@@ -44,7 +44,7 @@ def leaders(app: App, txids: list[str]) -> Counter[int]:
         count[p.leader] += 1
     txn = md.topics["__transaction_state"].partitions
     for t in txids:
-        count[txn[coordinator_partition(t)].leader] += 1
+        count[txn[coordinator_partition(t, len(txn))].leader] += 1
     return count
 
 
