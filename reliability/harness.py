@@ -303,21 +303,27 @@ class Feeder:
 # --------------------------------------------------------------------------- recovery clock
 class RecoveryClock:
     """How long the group takes to process again after a fault: from the fault until every
-    input partition that had records waiting at that moment has a committed offset past where
-    it stood. One poller thread, one consumer (it never joins the group: ``committed`` only)."""
+    input partition that had records waiting has a committed offset past where it stood.
+    One poller thread with one consumer (it never joins the group: ``committed`` only); the
+    positions at a fault are the first the poller reads after it, so a fault never blocks
+    the scenario (a broker down on purpose can keep them unreadable for seconds)."""
 
     def __init__(self, app: App) -> None:
         self.app = app
         self.durations: list[float] = []
         self.unresolved = 0
+        self._faults: list[float] = []  # fault times not yet given a snapshot
         self._pending: list[tuple[float, dict[int, int]]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = Consumer(quiet({"bootstrap.servers": app.bootstrap,
-                                         "group.id": app.app_id, "enable.auto.commit": False}))
         self._parts = [TopicPartition(app.source, p) for p in range(app.partitions)]
+        self._consumer = self._new_consumer()
         self._thread = threading.Thread(target=self._run, name="recovery-clock", daemon=True)
         self._thread.start()
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer(quiet({"bootstrap.servers": self.app.bootstrap,
+                               "group.id": self.app.app_id, "enable.auto.commit": False}))
 
     def _positions(self) -> tuple[dict[int, int], dict[int, int]] | None:
         try:
@@ -330,42 +336,44 @@ class RecoveryClock:
         return committed, ends
 
     def fault(self) -> None:
-        """A fault happens now: start timing its recovery."""
-        at = time.monotonic()
-        pos = None
-        while pos is None and not self._stop.is_set():
-            pos = self._positions()
-        if pos is None:
-            return
-        committed, ends = pos
-        waiting = {p: c for p, c in committed.items() if c < ends[p]}
+        """A fault happens now: time its recovery."""
         with self._lock:
-            self._pending.append((at, waiting))
+            self._faults.append(time.monotonic())
 
     def _run(self) -> None:
+        failures = 0
         while not self._stop.wait(0.25):
             with self._lock:
-                if not self._pending:
+                if not self._pending and not self._faults:
                     continue
             pos = self._positions()
             if pos is None:
+                failures += 1
+                if failures % 20 == 0:  # 5 s of failures: a client stuck on a dead broker
+                    self._consumer.close()
+                    self._consumer = self._new_consumer()
                 continue
-            committed, _ = pos
+            failures = 0
+            committed, ends = pos
             now = time.monotonic()
             with self._lock:
+                for at in self._faults:
+                    self._pending.append((at, {p: c for p, c in committed.items()
+                                               if c < ends[p]}))
+                self._faults = []
                 left = []
                 for at, waiting in self._pending:
-                    if all(committed[p] > c for p, c in waiting.items()):
+                    if waiting and all(committed[p] > c for p, c in waiting.items()):
                         self.durations.append(now - at)
-                    else:
+                    elif waiting:
                         left.append((at, waiting))
                 self._pending = left
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(15)
         with self._lock:
-            self.unresolved = len(self._pending)
+            self.unresolved = len(self._pending) + len(self._faults)
         self._consumer.close()
 
     def figures(self) -> dict[str, Any]:

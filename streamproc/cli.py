@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -147,15 +149,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings.schema_dir is not None:  # topologies find their .avsc files by name there
         os.environ[SCHEMA_DIR_ENV] = str(settings.schema_dir)
     topology = load_topology(args.topology, _params(args.param))
-    app = application(topology, settings, bootstrap=resolve_brokers(settings))
+    bootstrap = resolve_brokers(settings)
+    stopping = threading.Event()
+    current: list[Any] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("instance.stopping", signal=signal.Signals(signum).name)
-        app.stop()
+        stopping.set()
+        if current:
+            current[-1].stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return app.run()
+    # An instance whose consumer failed fatally (Application.restartable) is replaced by a
+    # fresh one in this process, as a container's restart policy would, without the process
+    # start: a few in a row, then the failure is the exit code.
+    restarts: list[float] = []
+    while True:
+        app = application(topology, settings, bootstrap=bootstrap)
+        current.append(app)
+        if stopping.is_set():  # a signal while it was being built
+            app.stop()
+        code = app.run()
+        current.clear()
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < _RESTART_WINDOW_S]
+        if stopping.is_set() or not app.restartable or len(restarts) >= _MAX_RESTARTS:
+            return code
+        restarts.append(now)
+        log.warning("instance.restarting", reason=str(app.failure), restarts=len(restarts))
+        if stopping.wait(1.0):
+            return code
+
+
+# In-place restarts after a fatal consumer error: at most this many within the window.
+_MAX_RESTARTS = 5
+_RESTART_WINDOW_S = 300.0
 
 
 def _params(given: list[str]) -> dict[str, str]:

@@ -40,6 +40,13 @@ class InfrastructureError(StreamprocError):
     skipped. The instance stops; after a restart it replays from the last checkpoint."""
 
 
+class ConsumerFailed(InfrastructureError):
+    """The consumer hit a fatal error it cannot leave (librdkafka's ``_FATAL``: e.g. a static
+    member fenced by its own rejoin after a session timeout while the group coordinator
+    moved). Nothing uncommitted survives it; a new consumer (a restart of the instance, which
+    ``streamproc run`` does in place) resumes from the last checkpoint."""
+
+
 # How a full disk (or an exhausted quota) reads in Python's OSError and in RocksDB's messages:
 # rocksdict raises plain Exceptions carrying RocksDB's text ("IO error: No space left on device:
 # While appending to file: ...") or Rust's ("No space left on device (os error 28)").

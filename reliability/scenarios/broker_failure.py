@@ -95,6 +95,7 @@ def run(ctx: Context) -> dict[str, Any]:
                  node_restart_s=round(back_s, 1), rolling_restart=rolled,
                  instance_exits=len(sup.unexpected_exits),
                  producer_recreated=events_count(app, "instance.recovering"),
+                 in_place_restarts=events_count(app, "instance.restarting"),
                  checkpoint_failures=events_count(app, "checkpoint.failed"))
     res["exact"] = res["exact"] and not sup.unexpected_exits
     return res

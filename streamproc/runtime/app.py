@@ -20,12 +20,12 @@ import threading
 from collections.abc import Mapping, Sequence
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException
 
 from streamproc.api.topology import Topology
 from streamproc.config import Settings
 from streamproc.connection import kafka_connection
-from streamproc.errors import DiskFull, ProcessingFailed, StreamprocError
+from streamproc.errors import ConsumerFailed, DiskFull, ProcessingFailed, StreamprocError
 from streamproc.graph.binding import bind_codecs
 from streamproc.graph.compile import CompiledTopology, compile_topology
 from streamproc.kafka.acls import NotAuthorized
@@ -185,6 +185,12 @@ class Application:
     def failure(self) -> BaseException | None:
         """Why the instance stopped, once it stopped on an error (None while it runs)."""
         return self._failed
+
+    @property
+    def restartable(self) -> bool:
+        """It stopped on a failure a fresh instance in the same process gets past (its
+        consumer's fatal state); ``streamproc run`` then starts one (cli.py)."""
+        return isinstance(self._failed, ConsumerFailed)
 
     @property
     def tasks(self) -> Mapping[TaskId, Task]:
@@ -374,7 +380,10 @@ class Application:
         if self._failed is not None and collector is not None and self._eos and self._started:
             collector.reset()  # fences and aborts the open transaction: nothing past it commits
         if self._consumer is not None:
-            self._consumer.close()  # revokes: the callback closes the tasks
+            try:
+                self._consumer.close()  # revokes: the callback closes the tasks
+            except KafkaException as exc:  # a consumer in a fatal state: close_all below
+                log.debug("consumer.close_failed", error=str(exc))
         if rebalancer is not None:
             rebalancer.close_all()
         else:

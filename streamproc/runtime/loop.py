@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping, Set
 from typing import Any, Protocol
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError
 
 from streamproc.config import Settings
+from streamproc.errors import ConsumerFailed
 from streamproc.kafka.acls import refusal
 from streamproc.kafka.admin import TopicAdmin
 from streamproc.metrics import Metrics
@@ -236,8 +237,12 @@ class ConsumerLoop:
         refused = refusal(err, "consuming")
         if refused is not None:
             raise refused  # retrying cannot help: stop, naming the permission
-        if err.fatal():
-            raise KafkaException(err)
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            # The consumer reports its fatal state as an error event whose own fatal() flag
+            # is false: polling on would only return it again, forever.
+            raise ConsumerFailed(f"the consumer failed: {err.str()}")
+        if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and REJOIN_PATTERN in err.str():
+            return  # the pattern of rejoin_once matches nothing on purpose
         log.warning("consumer.error", error=str(err), code=err.code())
 
     def _log_stats(self) -> None:
