@@ -31,7 +31,9 @@ def replicated(specs: list[TopicSpec], factor: int | None, brokers: int) -> list
     """Internal topics at ``internal_replication_factor``: that many replicas, and from 3 on
     ``min.insync.replicas=2`` (an acks=all write survives the loss of any one replica, and a
     commit never rests on one copy). ``None`` leaves both to the broker's defaults."""
-    if factor is None:
+    if factor is None or not specs:
+        # Nothing to create, nothing to check: a broker down for a rolling restart must not
+        # stop an instance whose topics exist (metadata lists only the brokers that are up).
         return specs
     if factor > brokers:
         raise ConfigError("internal_replication_factor (env STREAMPROC_INTERNAL_REPLICATION_"

@@ -35,7 +35,12 @@ def test_fewer_than_three_keep_the_brokers_min_insync() -> None:
 def test_more_replicas_than_brokers_names_the_setting() -> None:
     with pytest.raises(ConfigError, match=r"internal_replication_factor.*3 replicas, but the "
                        r"cluster has 1 broker$"):
-        replicated([], 3, 1)
+        replicated([TopicSpec("app-counts-changelog", 4)], 3, 1)
+
+
+def test_with_nothing_to_create_the_brokers_up_do_not_matter() -> None:
+    # A broker down for a rolling restart: metadata lists 2, the topics exist already.
+    assert replicated([], 3, 2) == []
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "33", "three"])

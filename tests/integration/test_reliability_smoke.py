@@ -1,0 +1,64 @@
+"""The fault suite cannot rot: ``reliability/run.py --smoke`` runs every scenario small on its
+own 3-node cluster (started and stopped by the runner), in three groups so that a parallel run
+spreads them over its workers. Each scenario must be exact, and must show its fault happened."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.kafka, pytest.mark.crash]
+
+GROUPS = {
+    "instances": ("rotation", "zombie", "state_loss"),
+    "brokers": ("broker_failure", "broker_down"),
+    "io": ("network", "disk_full"),
+}
+
+
+def _check(name: str, r: dict[str, Any]) -> None:
+    """What each scenario's figures must show besides ``exact``: that the fault happened."""
+    assert r["duplicates"] == 0 and r["losses"] == 0 and r["dead_letters"] == 0, (name, r)
+    assert r["records_in"] == r["count_outputs"] > 0, (name, r)
+    assert r["windows_emitted"] == r["windows_expected"] > 0, (name, r)
+    assert r["stores_checked"] > 0 and r["stores_mismatched"] == 0, (name, r)
+    if name == "rotation":
+        assert r["kills"] == 5 and r["restarts"] >= 5, r
+    elif name == "zombie":
+        assert r["pauses"] == 1 and r["lost_assignments"] + r["checkpoint_failures"] >= 1, r
+    elif name == "state_loss":
+        assert r["state_dirs_deleted"] == 1 and r["rebuilt_records"] > 0, r
+    elif name == "broker_failure":
+        assert r["killed_node"] in (1, 2, 3) and len(r["rolling_restart"]) == 3, r
+        assert r["instance_exits"] == 0, r
+    elif name == "broker_down":
+        assert r["alive_while_down"] and min(r["unreachable_lines"]) >= 3, r
+    elif name == "disk_full":
+        assert (r["exit_code"], r["disk_full_lines"], r["error_lines"], r["tracebacks"]) \
+            == (1, 1, 1, 0), r
+    elif name == "network":
+        assert r["producer_recreated"] >= 1, r
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_scenario_is_exact(group: str, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    scenarios = GROUPS[group]
+    run = subprocess.run([sys.executable, str(ROOT / "reliability" / "run.py"), "--smoke",
+                          "--scenarios", ",".join(scenarios), "--out", str(out), "--seed", "7"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.exists(), run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(out.read_text())["scenarios"]
+    assert sorted(results) == sorted(scenarios)
+    for name, r in results.items():
+        assert "error" not in r, (name, r.get("error"), r.get("traceback"))
+        assert r["exact"], (name, r)
+        _check(name, r)
+    assert run.returncode == 0, run.stdout[-3000:]
