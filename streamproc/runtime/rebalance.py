@@ -26,6 +26,7 @@ import structlog
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from streamproc.kafka import offsets
 from streamproc.metrics import Metrics
 from streamproc.runtime.observe import Listeners
 from streamproc.runtime.restore import Restorer
@@ -100,8 +101,9 @@ class Rebalancer:
         if not tps:
             task.start()
             return
-        committed = consumer.committed(
-            [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps], self._timeout_s)
+        committed = offsets.committed(
+            consumer, [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps],
+            self._timeout_s)
         positions: dict[TopicPartition, int] = {}
         for c in committed:
             tp = TopicPartition(c.topic, c.partition)

@@ -52,7 +52,10 @@ class StrayPartitions:
         """Take ``tp`` on from its committed offset (``start_at`` without one), resumed."""
         from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-        [c] = consumer.committed([KafkaTopicPartition(tp.topic, tp.partition)], timeout_s)
+        from streamproc.kafka import offsets
+
+        [c] = offsets.committed(consumer, [KafkaTopicPartition(tp.topic, tp.partition)],
+                                timeout_s)
         self.add(tp, planned, c.offset if c.offset >= 0 else None)
         consumer.seek(KafkaTopicPartition(tp.topic, tp.partition,
                                           c.offset if c.offset >= 0 else start_at))
