@@ -50,6 +50,9 @@ SLOW: dict[str, float] = {
     # with --soak only (STREAMPROC_SOAK_SCALE=10)
     "test_crash.py::test_kill9_at_random_moments_soak": 400,
     "test_hostile_fuzz.py::test_hostile_input_soak": 150,
+    "test_reliability_smoke.py::test_every_scenario_is_exact[instances]": 180,
+    "test_reliability_smoke.py::test_every_scenario_is_exact[brokers]": 150,
+    "test_reliability_smoke.py::test_every_scenario_is_exact[io]": 120,
     "test_cluster.py": 90,
     "test_least_privilege.py": 80,
     "test_bench_smoke.py::test_every_contender_produces_the_exact_expected_output[W6-quix]": 60,
