@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -58,6 +56,7 @@ from streamproc.kafka.broker_security import (
     state_fields,
     write_private,
 )
+from streamproc.kafka.ports import free_port, port_free
 
 __all__ = [
     "KAFKA_VERSION",
@@ -515,7 +514,7 @@ def _port_of(bootstrap: str) -> int:
 
 def _choose_ports(port: int | None, previous: dict[str, Any]) -> tuple[int, int]:
     if port is not None:
-        if not _port_free(port):
+        if not port_free(port):
             raise BrokerError(
                 f"port {port} on 127.0.0.1 is already in use; stop whatever listens there "
                 "(e.g. 'ss -ltnp') or pass port=None to pick a free one"
@@ -525,13 +524,13 @@ def _choose_ports(port: int | None, previous: dict[str, Any]) -> tuple[int, int]
         # Reusing the last port keeps bootstrap strings in users' configs valid
         # across restarts.
         last = previous.get("port")
-        broker_port = last if isinstance(last, int) and _port_free(last) else _free_port()
+        broker_port = last if isinstance(last, int) and port_free(last) else free_port()
     last_controller = previous.get("controller_port")
     if (isinstance(last_controller, int) and last_controller != broker_port
-            and _port_free(last_controller)):
+            and port_free(last_controller)):
         controller_port = last_controller
     else:
-        controller_port = _free_port(exclude=broker_port)
+        controller_port = free_port(exclude=broker_port)
     return broker_port, controller_port
 
 
@@ -540,53 +539,11 @@ def _choose_secured_ports(previous: dict[str, Any], taken: set[int]) -> dict[str
     chosen: dict[str, int] = {}
     for name in ("mtls", "internal"):
         port = previous.get(f"{name}_port")
-        while not isinstance(port, int) or port in taken or not _port_free(port):
-            port = _free_port()
+        while not isinstance(port, int) or port in taken or not port_free(port):
+            port = free_port()
         chosen[name] = port
         taken = taken | {port}
     return chosen
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR like the JVM's server sockets, so TIME_WAIT leftovers of
-        # the previous broker run don't count as "busy".
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-# Where broker ports are picked: below the kernel's ephemeral range, from which it hands out
-# the local ports of outgoing connections. A port picked in that range (bind to port 0) could be
-# taken by any client's connection while the broker restarts, and a restart reuses its ports.
-_PORTS_FROM = 20000
-_PORT_PICKS = 200
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default; elsewhere the fallback below still applies
-
-
-def _free_port(exclude: int | None = None) -> int:
-    low = _ephemeral_low()
-    if low - _PORTS_FROM >= 1000:
-        rng = random.SystemRandom()
-        for _ in range(_PORT_PICKS):
-            port = rng.randrange(_PORTS_FROM, low)
-            if port != exclude and _port_free(port):
-                return port
-    while True:  # no room below the ephemeral range, or all taken: any free port
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != exclude:
-            return int(port)
 
 
 def _file_size(path: Path) -> int:

@@ -32,7 +32,6 @@ import structlog
 from streamproc.kafka.broker import (
     _CHILDREN,
     _chunk,
-    _free_port,
     _pid_alive,
     _read_tail,
     _terminate,
@@ -50,6 +49,7 @@ from streamproc.kafka.broker_provision import (
     jvm_command,
     resolve_classpath,
 )
+from streamproc.kafka.ports import free_port
 
 log = structlog.get_logger(__name__)
 
@@ -316,9 +316,9 @@ def _plan(data_dir: Path, brokers: int) -> LocalCluster:
     for i in range(1, brokers + 1):
         ports = []
         for _ in range(2):
-            port = _free_port()
+            port = free_port()
             while port in taken:
-                port = _free_port()
+                port = free_port()
             taken.add(port)
             ports.append(port)
         nodes.append(Node(i, ports[0], ports[1], data_dir / f"node-{i}", None))
