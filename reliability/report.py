@@ -45,7 +45,8 @@ def render(results: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.get("scenarios", {}).items():
         if "error" in r:
-            lines.append(f"| {name} | **error** | {r['error']} |" + " |" * 10)
+            first = str(r["error"]).splitlines()[0][:200].replace("|", "/")
+            lines.append(f"| {name} | **error** | {first} |" + " |" * 9)
             continue
         lines.append(
             f"| {name} | {'yes' if r.get('exact') else '**no**'} | {_cell(r.get('records_in'))} "

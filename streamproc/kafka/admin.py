@@ -105,6 +105,27 @@ class TopicAdmin:
         """How many brokers the cluster has (its metadata's broker list)."""
         return len(self._admin.list_topics(timeout=self._timeout_s).brokers)
 
+    def brokers_up(self, want: int, timeout_s: float = 60.0, stop: Any = None) -> int:
+        """The brokers up, once there are ``want`` of them or ``timeout_s`` has passed: a
+        cluster that is starting (or restarting a node) lists only the brokers already up, and
+        an instance started with it must not take that for a misconfiguration (the fault
+        suite's broker_down scenario saw 1 of 3). ``stop``: an Event that ends the wait."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.5
+        while True:
+            up = self.brokers()
+            left = deadline - time.monotonic()
+            if up >= want or left <= 0:
+                return up
+            log.warning("kafka.brokers_short", up=up, needed=want, retry_in_s=delay,
+                        gives_up_in_s=round(left, 1),
+                        setting="internal_replication_factor")
+            if stop is not None and stop.wait(min(delay, left)):
+                return up
+            if stop is None:
+                time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
     def create(self, specs: list[TopicSpec]) -> None:
         """Create topics that do not exist yet (another instance may race us: that is fine)."""
         if not specs:

@@ -303,8 +303,8 @@ class InstanceRegistry:
     def start(self, admin: TopicAdmin, replication: int | None = None) -> None:
         """``replication``: ``internal_replication_factor`` (None: the broker's default)."""
         if admin.partitions([self.topic]).get(self.topic) is None:
-            admin.create(replicated([TopicSpec(self.topic, 1, INSTANCES_CONFIG)], replication,
-                                    admin.brokers() if replication is not None else 0))
+            up = admin.brokers_up(replication) if replication is not None else 0
+            admin.create(replicated([TopicSpec(self.topic, 1, INSTANCES_CONFIG)], replication, up))
         self._producer = new_producer({
             **self._producer_extra, "bootstrap.servers": self._bootstrap,
             "client.id": f"{self.app_id}-{self.instance}-registry",

@@ -269,8 +269,8 @@ class Application:
         admin, factor = self._admin, s.internal_replication_factor
         plan = self._plan = resolve(
             self.compiled, admin,
-            replicate=lambda specs: replicated(
-                specs, factor, admin.brokers() if factor is not None and specs else 0))
+            replicate=lambda specs: replicated(specs, factor, admin.brokers_up(
+                factor, stop=self._stop) if factor is not None and specs else 0))
         self._resolve_limits()
         self._statedir.lock()
         marker = self._from_savepoint(plan) if s.from_savepoint is not None else None

@@ -3,11 +3,13 @@ internal topic."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from streamproc.config import load_settings
 from streamproc.errors import ConfigError
-from streamproc.kafka.admin import TopicSpec, replicated
+from streamproc.kafka.admin import TopicAdmin, TopicSpec, replicated
 
 SPECS = [TopicSpec("app-counts-changelog", 4, {"cleanup.policy": "compact"}),
          TopicSpec("app-dlq", 1)]
@@ -47,3 +49,44 @@ def test_with_nothing_to_create_the_brokers_up_do_not_matter() -> None:
 def test_the_setting_is_checked(bad: str) -> None:
     with pytest.raises(ConfigError, match="internal_replication_factor"):
         load_settings(internal_replication_factor=bad)
+
+
+class _Metadata:
+    def __init__(self, brokers: int) -> None:
+        self.brokers = {i: object() for i in range(brokers)}
+
+
+class _Admin:
+    """An AdminClient whose cluster comes up one broker per metadata request."""
+
+    def __init__(self, *ups: int) -> None:
+        self.ups = list(ups)
+
+    def list_topics(self, timeout: float) -> _Metadata:
+        return _Metadata(self.ups.pop(0) if len(self.ups) > 1 else self.ups[0])
+
+
+def _topic_admin(*ups: int) -> TopicAdmin:
+    admin = TopicAdmin.__new__(TopicAdmin)
+    admin._admin = _Admin(*ups)  # type: ignore[assignment]
+    admin._timeout_s = 1.0
+    return admin
+
+
+def test_a_starting_cluster_is_waited_for_until_enough_brokers_are_up() -> None:
+    stop = threading.Event()
+    assert _topic_admin(1, 2, 3).brokers_up(3, timeout_s=30, stop=_NoWait(stop)) == 3
+
+
+def test_too_few_brokers_after_the_wait_are_what_the_check_sees() -> None:
+    assert _topic_admin(1).brokers_up(3, timeout_s=0.01) == 1
+
+
+class _NoWait:
+    """A stop event whose wait returns at once (not set): the test does not sleep."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def wait(self, _timeout: float) -> bool:
+        return self.event.is_set()
