@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="results JSON (default reliability/results[-smoke].json)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, state)")
+    ap.add_argument("--update", action="store_true",
+                    help="replace only the scenarios run in an existing results file")
     args = ap.parse_args(argv)
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SCENARIOS))
@@ -72,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap = cluster.start(cluster_dir, brokers=3).bootstrap
         log(f"cluster of 3 nodes at {bootstrap} in {time.monotonic() - t0:.0f} s")
     log(f"work dir {work}; seed {seed}; {'smoke' if args.smoke else 'full'} run")
-    results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                               "smoke": args.smoke, "seed": seed, "scenarios": {}}
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    results: dict[str, Any] = {"date": now, "smoke": args.smoke, "seed": seed, "scenarios": {}}
+    if args.update and out_path.exists():
+        results = json.loads(out_path.read_text())
+        results["updated"] = now
     failed: list[str] = []
     try:
         for name in chosen:
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                        "traceback": traceback.format_exc()[-4000:]}
                 kill_all()  # its instances must not load the next scenario
             res.setdefault("seconds", round(time.monotonic() - t0, 1))
+            res["run"] = {"date": now, "seed": seed}
             results["scenarios"][name] = res
             if not res.get("exact"):
                 failed.append(name)

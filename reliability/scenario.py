@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reliability.harness import App, Feeder, Instance, RecoveryClock, wait_for
+from reliability.harness import App, Feeder, Instance, RecoveryClock, input_spec, wait_for
 from reliability.verify import Outputs, read_input, stores_match_changelog, verdict
 
 
@@ -131,3 +131,58 @@ def restarts_seen(instances: list[Instance]) -> int:
 def events_count(app: App, event: str) -> int:
     """How many times ``event`` was logged by the app's instances, over all their runs."""
     return sum(len(i.events(event)) for i in app.instances)
+
+
+@dataclass
+class Steady:
+    """A scenario's application under a steady feed: what most scenarios start from."""
+
+    ctx: Context
+    app: App
+    instances: list[Instance]
+    sup: Supervisor
+    out: Outputs
+    clock: RecoveryClock
+    feeder: Feeder
+    started: float
+
+    def tick(self) -> None:
+        """Read outputs for a moment and let the supervisor look: the scenario's heartbeat."""
+        self.out.poll(0.3)
+        self.sup.tick()
+
+    def idle(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self.tick()
+
+    def wait(self, what: str, cond: Callable[[], bool], timeout_s: float = 120,
+             diagnose: Callable[[], str] = lambda: "") -> float:
+        return wait_for(what, lambda: (self.tick(), cond())[1], timeout_s, step_s=0,
+                        diagnose=diagnose)
+
+    def finish(self, **figures: Any) -> dict[str, Any]:
+        """Drain, stop, verify; ``exact`` also requires that no instance exited on its own."""
+        truth = drain(self.out, self.app, self.feeder, self.sup.tick,
+                      timeout_s=600 if self.ctx.smoke else 3600)
+        res = finish(self.app, self.out, truth, self.clock, self.started,
+                     instances=len(self.instances),
+                     instance_exits=len(self.sup.unexpected_exits), **figures)
+        res["exact"] = res["exact"] and not self.sup.unexpected_exits
+        return res
+
+
+def steady(ctx: Context, name: str, records: int, rate: float, *, instances: int = 3,
+           before_start: Callable[[list[Instance]], None] = lambda _: None) -> Steady:
+    """``instances`` instances of a new application started, the feed running, and the first
+    outputs committed. The supervisor restarts nobody: an exit of its own is a failure."""
+    app = ctx.app(name)
+    insts = [app.instance(n) for n in range(instances)]
+    before_start(insts)
+    for inst in insts:
+        inst.start()
+    s = Steady(ctx, app, insts, Supervisor(insts, ctx.rng, restart=False), Outputs(app),
+               RecoveryClock(app), Feeder(app, input_spec(records), rate), time.monotonic())
+    s.feeder.start()
+    s.wait("first outputs", lambda: s.out.count_records > 0)
+    return s

@@ -12,9 +12,8 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from reliability.harness import App, Feeder, RecoveryClock, input_spec, quiet, wait_for
-from reliability.scenario import Context, Supervisor, drain, events_count, finish
-from reliability.verify import Outputs
+from reliability.harness import App, quiet
+from reliability.scenario import Context, events_count, steady
 
 NAME = "broker_failure"
 TITLE = "Broker failure: kill -9 of the busiest leader, then a rolling restart"
@@ -54,48 +53,28 @@ def run(ctx: Context) -> dict[str, Any]:
     from streamproc.kafka import cluster
 
     records, rate = (40_000, 1_000) if ctx.smoke else (400_000, 2_000)
-    app = ctx.app(NAME)
-    instances = [app.instance(n) for n in range(3)]
-    for inst in instances:
-        inst.start()
-    sup = Supervisor(instances, ctx.rng, restart=False)
-    out, clock = Outputs(app), RecoveryClock(app)
-    started = time.monotonic()
-    feeder = Feeder(app, input_spec(records), rate).start()
-
-    def tick() -> None:
-        out.poll(0.3)
-        sup.tick()
-
-    wait_for("first outputs", lambda: (tick(), out.count_records > 0)[1], 120)
-    txids = [f"{app.app_id}-i{i.n}" for i in instances]
-    led = leaders(app, txids)
+    s = steady(ctx, NAME, records, rate)
+    led = leaders(s.app, [f"{s.app.app_id}-i{i.n}" for i in s.instances])
     victim = led.most_common(1)[0][0]
     ctx.log(f"   killing node {victim}, leader of {led[victim]} of the input and "
             f"transaction-state partitions ({dict(led)})")
     cluster.kill(ctx.cluster_dir, victim)
-    clock.fault()
+    s.clock.fault()
     down_s = 10.0 if ctx.smoke else ctx.rng.uniform(10, 30)
-    until = time.monotonic() + down_s
-    while time.monotonic() < until:
-        tick()
+    s.idle(down_s)
     t0 = time.monotonic()
     cluster.restart(ctx.cluster_dir, victim)
     back_s = time.monotonic() - t0
     rolled = []
     for node in [n.id for n in cluster.status(ctx.cluster_dir).nodes]:  # type: ignore[union-attr]
-        tick()
+        s.tick()
         cluster.stop_node(ctx.cluster_dir, node)
-        clock.fault()
+        s.clock.fault()
         cluster.restart(ctx.cluster_dir, node)
         rolled.append(node)
-    truth = drain(out, app, feeder, sup.tick, timeout_s=600 if ctx.smoke else 3600)
-    res = finish(app, out, truth, clock, started, instances=3, killed_node=victim,
-                 killed_node_led=led[victim], node_down_s=round(down_s, 1),
-                 node_restart_s=round(back_s, 1), rolling_restart=rolled,
-                 instance_exits=len(sup.unexpected_exits),
-                 producer_recreated=events_count(app, "instance.recovering"),
-                 in_place_restarts=events_count(app, "instance.restarting"),
-                 checkpoint_failures=events_count(app, "checkpoint.failed"))
-    res["exact"] = res["exact"] and not sup.unexpected_exits
-    return res
+    return s.finish(killed_node=victim, killed_node_led=led[victim],
+                    node_down_s=round(down_s, 1), node_restart_s=round(back_s, 1),
+                    rolling_restart=rolled,
+                    producer_recreated=events_count(s.app, "instance.recovering"),
+                    in_place_restarts=events_count(s.app, "instance.restarting"),
+                    checkpoint_failures=events_count(s.app, "checkpoint.failed"))

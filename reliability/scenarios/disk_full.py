@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reliability.harness import Feeder, RecoveryClock, input_spec, wait_for
-from reliability.scenario import Context, Supervisor, drain, finish
-from reliability.verify import Outputs
+from reliability.harness import Instance
+from reliability.scenario import Context, Steady, steady
 
 NAME = "disk_full"
 TITLE = "Disk full: the state dir on a tmpfs that fills up"
@@ -50,42 +49,35 @@ def _fill(path: Path) -> int:
 
 def run(ctx: Context) -> dict[str, Any]:
     records, rate = (20_000, 1_000) if ctx.smoke else (300_000, 2_000)
-    app = ctx.app(NAME)
-    instances = [app.instance(n) for n in range(3)]
-    victim = instances[0]
-    state_mount = victim.state_dir
-    _mount(state_mount)
+    mounted: list[Path] = []
+
+    def mount_first(instances: list[Instance]) -> None:
+        _mount(instances[0].state_dir)
+        mounted.append(instances[0].state_dir)
+
     try:
-        return _run(ctx, app, instances, victim, state_mount, records, rate)
+        s = steady(ctx, NAME, records, rate, before_start=mount_first)
+        try:
+            return _run(s)
+        finally:
+            for inst in s.instances:
+                inst.stop()
     finally:
-        for inst in instances:
-            inst.stop()
-        subprocess.run(["umount", "-l", str(state_mount)], check=False, capture_output=True)
+        for path in mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
-def _run(ctx: Context, app: Any, instances: list[Any], victim: Any, state_mount: Path,
-         records: int, rate: int) -> dict[str, Any]:
-    for inst in instances:
-        inst.start()
-    sup = Supervisor(instances, ctx.rng, restart=False)
-    sup.held.add(victim.n)  # its exit is the expected outcome: the scenario restarts it
-    out, clock = Outputs(app), RecoveryClock(app)
-    started = time.monotonic()
-    feeder = Feeder(app, input_spec(records), rate).start()
-
-    def tick() -> None:
-        out.poll(0.3)
-        sup.tick()
-
-    wait_for("the victim to run tasks", lambda: (tick(), bool(victim.events("task.running")))[1],
-             120)
-    wait_for("first outputs", lambda: (tick(), out.count_records > 0)[1], 120)
+def _run(s: Steady) -> dict[str, Any]:
+    victim = s.instances[0]
+    state_mount = victim.state_dir
+    s.sup.held.add(victim.n)  # its exit is the expected outcome: the scenario restarts it
+    s.wait("the victim to run tasks", lambda: bool(victim.events("task.running")))
     seen = len(victim.events())
     filled = _fill(state_mount)
     t_fill = time.monotonic()
-    clock.fault()
-    wait_for("the instance on the full disk to stop", lambda: (tick(), not victim.alive)[1],
-             120, diagnose=lambda: victim.tail(5))
+    s.clock.fault()
+    s.wait("the instance on the full disk to stop", lambda: not victim.alive,
+           diagnose=lambda: victim.tail(5))
     stop_s = time.monotonic() - t_fill
     code = victim.returncode
     # The engine's own error lines since the disk filled (librdkafka's are kafka.client_log)
@@ -97,12 +89,10 @@ def _run(ctx: Context, app: Any, instances: list[Any], victim: Any, state_mount:
     # Space freed; restarted as an operator (or a restart policy) would.
     os.unlink(state_mount / "filler")
     victim.start()
-    sup.held.discard(victim.n)
-    truth = drain(out, app, feeder, sup.tick, timeout_s=600 if ctx.smoke else 3600)
-    res = finish(app, out, truth, clock, started, instances=3, filler_bytes=filled,
-                 fill_to_stop_s=round(stop_s, 1), exit_code=code, error_lines=len(errors),
-                 disk_full_lines=len(named), error_path=named[0]["path"] if named else None,
-                 tracebacks=tracebacks, instance_exits=len(sup.unexpected_exits))
+    s.sup.held.discard(victim.n)
+    res = s.finish(filler_bytes=filled, fill_to_stop_s=round(stop_s, 1), exit_code=code,
+                   error_lines=len(errors), disk_full_lines=len(named),
+                   error_path=named[0]["path"] if named else None, tracebacks=tracebacks)
     res["exact"] = (res["exact"] and code == 1 and len(errors) == 1 and len(named) == 1
-                    and tracebacks == 0 and not sup.unexpected_exits)
+                    and tracebacks == 0)
     return res
