@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.crash]
 GROUPS = {
     "instances": ("rotation", "zombie", "state_loss"),
     "brokers": ("broker_failure", "broker_down"),
-    "io": ("network", "disk_full"),
+    "io": ("disk_full",),
 }
 
 
