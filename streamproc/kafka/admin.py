@@ -145,6 +145,25 @@ class TopicAdmin:
                     if refused is not None:
                         raise refused from None
                     raise StreamprocError(f"cannot create topic {name!r}: {exc.args[0]}") from exc
+        self._wait_visible({s.name: s.partitions for s in specs})
+
+    def _wait_visible(self, want: dict[str, int]) -> None:
+        """Until metadata lists every created topic with all its partitions (bounded by the
+        timeout). A consumer that subscribes before then is told the topic does not exist
+        and, under librdkafka, looks again only at its next metadata refresh, minutes later:
+        its partitions stay unassigned meanwhile (seen under load in the cluster tests)."""
+        deadline = time.monotonic() + self._timeout_s
+        while time.monotonic() < deadline:
+            try:
+                md = self._admin.list_topics(timeout=self._timeout_s)
+            except KafkaException:
+                md = None
+            if md is not None and all(
+                    (t := md.topics.get(name)) is not None and t.error is None
+                    and len(t.partitions) >= n for name, n in want.items()):
+                return
+            time.sleep(0.1)
+        log.warning("admin.topics_not_visible", topics=sorted(want), waited_s=self._timeout_s)
 
     def purge(self, before: dict[tuple[str, int], int]) -> None:
         """Delete records before the given offsets (repartition topics, once their consumer
