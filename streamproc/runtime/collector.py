@@ -9,6 +9,7 @@ fences the old epoch and aborts whatever it had open (design.md; librdkafka lack
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,40 @@ from streamproc.runtime import faults
 from streamproc.types import Headers, TopicPartition
 
 log = structlog.get_logger(__name__)
+
+
+def bounded(what: str, call: Callable[[], None], timeout_s: float) -> None:
+    """Run a blocking transactional call under our own deadline, on a helper thread.
+
+    librdkafka does not always honour the timeout it is given: after a connection reset,
+    ``send_offsets_to_transaction`` can wait forever for a coordinator request that was lost
+    (librdkafka #5456, open in 2.16; seen in the network fault scenario). An instance stuck
+    there never checkpoints again, holds its partitions until max.poll.interval.ms and never
+    recovers. Past the deadline we raise :class:`TransactionAborted`: the caller throws the
+    producer away (the unknown-outcome path); the stuck thread keeps the old producer
+    alive until librdkafka returns, and the new producer's init_transactions fences it.
+    """
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # re-raised on the caller's thread
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"txn-{what}", daemon=True).start()
+    # A margin past librdkafka's own timeout, so that its error (when it keeps to it) is the
+    # one reported.
+    limit = timeout_s + max(1.0, timeout_s / 4)
+    if not done.wait(limit):
+        log.warning("collector.call_stuck", call=what, seconds=round(limit, 1))
+        raise TransactionAborted(f"{what} did not return within {limit:.1f}s (librdkafka "
+                                 "ignored its timeout); the producer is abandoned")
+    if failed:
+        raise failed[0]
 
 
 class Collector:
@@ -53,7 +88,8 @@ class Collector:
             # Fences any earlier producer with our transactional.id and aborts its open
             # transaction, so read_committed consumers are not left waiting for its timeout.
             try:
-                self._producer.init_transactions(self._op_timeout_s)
+                p, timeout_s = self._producer, self._op_timeout_s
+                bounded("init_transactions", lambda: p.init_transactions(timeout_s), timeout_s)
             except KafkaException as exc:
                 refused = refusal(exc.args[0], "initialising transactions")
                 if refused is not None:
@@ -184,12 +220,13 @@ class Collector:
         """
         try:
             self.flush()
+            p, timeout_s = self._producer, self._op_timeout_s
             if offsets:
-                self._producer.send_offsets_to_transaction(
-                    offset_list(offsets, self.offset_metadata),
-                    group_metadata, self._op_timeout_s)
+                positions = offset_list(offsets, self.offset_metadata)
+                bounded("send_offsets_to_transaction", lambda: p.send_offsets_to_transaction(
+                    positions, group_metadata, timeout_s), timeout_s)
             faults.hit("before_commit")
-            self._producer.commit_transaction(self._op_timeout_s)
+            bounded("commit_transaction", lambda: p.commit_transaction(timeout_s), timeout_s)
             self._in_txn = False
             faults.hit("after_commit")
         except KafkaException as exc:

@@ -1,0 +1,183 @@
+"""Scenario 3, network faults: each instance in a network namespace of its own, reaching the
+brokers only through a fault proxy (reliability/proxy.py), so one instance's network can fail
+while the others' does not. Under a steady feed, faults of four kinds hit random instances:
+
+- ``delay``: every byte held 8-14 s for a while: round trips outlast the session timeout
+  (6 s) and a transaction outlasts transaction.timeout.ms (10 s), so the broker aborts it and
+  the commit's outcome is unknown to the instance, which must recreate its producer;
+- ``drop``: every connection of the instance reset at a random moment;
+- ``drop_at_commit``: the response to the instance's next EndTxn swallowed and every
+  connection reset: the commit happened, the instance cannot know it;
+- ``partition``: a blackhole for longer than the session timeout, then healed.
+
+The instances must ride every fault out without exiting, and the outputs stay exact.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from reliability.harness import App, Feeder, Instance, RecoveryClock, input_spec, wait_for
+from reliability.netns import Netns, NetnsUnavailable, broker_ports
+from reliability.proxy import FaultProxy
+from reliability.scenario import Context, Supervisor, drain, events_count, finish
+from reliability.verify import Outputs
+
+NAME = "network"
+TITLE = "Network faults: delay, connection drops, drop at commit, partition (per instance)"
+KINDS = ("delay", "drop", "drop_at_commit", "partition")
+SESSION_S = 6.0  # reliability.harness.INSTANCE_SETTINGS session_timeout_ms
+
+
+class Network:
+    """A namespace and a fault proxy per instance; :meth:`close` removes them all."""
+
+    def __init__(self, app: App, count: int) -> None:
+        self.namespaces: list[Netns] = []
+        self.proxies: list[FaultProxy] = []
+        ports = broker_ports(app.bootstrap)
+        try:
+            for n in range(count):
+                ns = Netns(f"sprel{os.getpid()}i{n}")
+                self.namespaces.append(ns)
+                self.proxies.append(FaultProxy(ns, ports))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for p in self.proxies:
+            p.close()
+        for ns in self.namespaces:
+            ns.delete()
+
+    def figures(self) -> dict[str, int]:
+        total: dict[str, int] = defaultdict(int)
+        for p in self.proxies:
+            for k, v in p.figures().items():
+                total[k] += v
+        return dict(total)
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    records, rate, per_kind = (24_000, 200, 1) if ctx.smoke else (300_000, 400, 5)
+    app = ctx.app(NAME)
+    try:
+        net = Network(app, 3)
+    except NetnsUnavailable as exc:
+        raise RuntimeError(f"cannot run the network scenario: {exc}") from None
+    try:
+        return _run(ctx, app, net, records, rate, per_kind)
+    finally:
+        app.stop_all(30)  # a failure midway: no instance may outlive its namespace's proxy
+        net.close()
+
+
+def _run(ctx: Context, app: App, net: Network, records: int, rate: float,
+         per_kind: int) -> dict[str, Any]:
+    rng = ctx.rng
+    instances = [app.instance(n) for n in range(3)]
+    for inst, ns in zip(instances, net.namespaces, strict=True):
+        inst.prefix = ns.prefix
+        inst.start()
+    # An instance that exits is restarted (as a container would be) but counted: the
+    # scenario is exact only if none did.
+    sup = Supervisor(instances, rng, restart=True)
+    out, clock = Outputs(app), RecoveryClock(app)
+    started = time.monotonic()
+    feeder = Feeder(app, input_spec(records), rate).start()
+
+    def tick() -> None:
+        out.poll(0.3)
+        sup.tick()
+
+    def hold(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            tick()
+
+    wait_for("first outputs", lambda: (tick(), out.count_records > 0)[1], 120)
+    plan = [k for k in KINDS for _ in range(per_kind)]
+    rng.shuffle(plan)
+    faults: list[dict[str, Any]] = []
+    for kind in plan:
+        victim = rng.choice([i for i in instances if i.alive] or instances)
+        proxy = net.proxies[victim.n]
+        before = len(victim.events())
+        t0 = time.monotonic()
+        clock.fault()
+        fault: dict[str, Any] = {"kind": kind, "instance": victim.n}
+        if kind == "delay":
+            fault["latency_s"] = round(latency := rng.uniform(8, 14), 1)
+            proxy.delay(latency)
+            hold(latency + rng.uniform(4, 10))
+        elif kind == "partition":
+            proxy.partition()
+            hold(rng.uniform(SESSION_S + 1, SESSION_S + 6))
+        elif kind == "drop":
+            proxy.drop()
+        else:
+            fired = proxy.drop_at_commit()
+            until = time.monotonic() + 30  # two commits a second under a steady feed
+            while not fired.is_set() and time.monotonic() < until:
+                tick()
+            fault["fired"] = fired.is_set()
+        proxy.heal()
+        fault["seconds"] = round(time.monotonic() - t0, 1)
+        # The group processes again (every partition with records waiting moves on), and
+        # the victim has a task running again, before the next fault.
+        _await_recovery(ctx, clock, len(faults) + 1, victim, before, tick, fault)
+        faults.append(fault)
+        hold(rng.uniform(2, 6))
+    truth = drain(out, app, feeder, sup.tick, timeout_s=600 if ctx.smoke else 3600)
+    res = finish(app, out, truth, clock, started, instances=3, faults=_by_kind(faults),
+                 fault_log=faults, proxies=net.figures(),
+                 instance_exits=len(sup.unexpected_exits),
+                 exit_codes=[code for _, code in sup.unexpected_exits],
+                 crashes=events_count(app, "instance.crashed"),
+                 lost_assignments=events_count(app, "rebalance.lost"),
+                 checkpoint_failures=events_count(app, "checkpoint.failed"),
+                 producer_recreated=events_count(app, "instance.recovering"))
+    # Exactly-once results, no instance exited, and the unknown-outcome path was exercised
+    # (a new producer after a failed commit), which is what the faults are here for.
+    res["exact"] = (res["exact"] and not sup.unexpected_exits
+                    and res["producer_recreated"] > 0
+                    and all(f.get("fired", True) for f in faults))
+    return res
+
+
+def _await_recovery(ctx: Context, clock: RecoveryClock, n: int, victim: Instance, before: int,
+                    tick: Callable[[], None], fault: dict[str, Any]) -> None:
+    t0 = time.monotonic()
+    try:
+        wait_for("the group to process again", lambda: (
+            tick(), len(clock.durations) >= n)[1], 180, step_s=0)
+        fault["recover_s"] = round(clock.durations[n - 1], 1) if len(clock.durations) >= n else None
+    except TimeoutError as exc:
+        ctx.log(f"   {exc}")
+        fault["recover_s"] = None
+    if fault["kind"] in ("delay", "partition"):
+        # Past the session timeout the victim's partitions went to the others: it must
+        # rejoin and take some back (not a condition of exactness, a figure).
+        try:
+            wait_for(f"i{victim.n} to rejoin", lambda: (tick(), any(
+                e.get("event") == "task.running" for e in victim.events()[before:]))[1],
+                max(10.0, 120 - (time.monotonic() - t0)), step_s=0)
+            fault["rejoined"] = True
+        except TimeoutError:
+            fault["rejoined"] = False
+    ctx.log(f"   {fault}")
+
+
+def _by_kind(faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for kind in KINDS:
+        fs = [f for f in faults if f["kind"] == kind]
+        rec = [f["recover_s"] for f in fs if f.get("recover_s") is not None]
+        out[kind] = {"count": len(fs), "seconds": round(sum(f["seconds"] for f in fs), 1),
+                     "recover_max_s": max(rec) if rec else None}
+    return out

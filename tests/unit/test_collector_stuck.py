@@ -1,0 +1,99 @@
+"""A transactional call that librdkafka never returns from (its timeout ignored: librdkafka
+#5456, seen after a connection reset in reliability/scenarios/network.py) must fail the
+checkpoint within the collector's own deadline, so the instance recovers with a new producer
+instead of hanging forever."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+
+from streamproc.errors import TransactionAborted
+from streamproc.runtime import collector as collector_mod
+from streamproc.runtime.collector import Collector
+from streamproc.types import TopicPartition
+
+
+class StuckProducer:
+    """Returns from ``stuck_in`` only when the test ends."""
+
+    instances: ClassVar[list[StuckProducer]] = []
+    release = threading.Event()
+
+    def __init__(self, conf: dict[str, Any], stuck_in: str) -> None:
+        self.conf, self.stuck_in = conf, stuck_in
+        self.calls: list[str] = []
+        StuckProducer.instances.append(self)
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.stuck_in:
+            StuckProducer.release.wait(60)
+
+    def init_transactions(self, _t: float) -> None:
+        self._call("init_transactions")
+
+    def begin_transaction(self) -> None:
+        self._call("begin_transaction")
+
+    def flush(self, _t: float) -> int:
+        return 0
+
+    def purge(self, **_kw: Any) -> None:
+        self._call("purge")
+
+    def send_offsets_to_transaction(self, _o: Any, _m: Any, _t: float) -> None:
+        self._call("send_offsets_to_transaction")
+
+    def commit_transaction(self, _t: float) -> None:
+        self._call("commit_transaction")
+
+
+@pytest.fixture
+def stuck_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    which: list[str] = []
+    StuckProducer.instances.clear()
+    StuckProducer.release.clear()
+    # Only the first producer gets stuck: the one that replaces it works.
+    monkeypatch.setattr(collector_mod, "new_producer", lambda conf: StuckProducer(
+        conf, which[0] if not StuckProducer.instances else ""))
+    yield which
+    StuckProducer.release.set()
+
+
+@pytest.mark.parametrize("call", ["send_offsets_to_transaction", "commit_transaction"])
+def test_a_stuck_commit_fails_within_the_deadline_and_reset_recovers(
+        stuck_in: list[str], call: str) -> None:
+    stuck_in.append(call)
+    c = Collector(lambda: {"transactional.id": "t"}, transactional=True, op_timeout_s=0.2)
+    c.init()
+    c.begin()
+    t0 = time.monotonic()
+    with pytest.raises(TransactionAborted, match=f"{call} did not return"):
+        c.commit_transaction({TopicPartition("in", 0): 5}, "group")
+    assert time.monotonic() - t0 < 3  # our deadline (0.2 s + 1 s margin), not librdkafka's
+    c.reset()  # the unknown-outcome path: a new producer, initialised, in a new transaction
+    c.begin()
+    c.commit_transaction({TopicPartition("in", 0): 5}, "group")
+    old, new = StuckProducer.instances
+    assert old.calls[-1] == "purge" and call in old.calls
+    assert new.calls == ["init_transactions", "begin_transaction",
+                         "send_offsets_to_transaction", "commit_transaction"]
+
+
+def test_a_stuck_init_fails_within_the_deadline(stuck_in: list[str]) -> None:
+    stuck_in.append("init_transactions")
+    c = Collector(lambda: {"transactional.id": "t"}, transactional=True, op_timeout_s=0.2)
+    with pytest.raises(TransactionAborted, match="init_transactions did not return"):
+        c.init()
+
+
+def test_an_error_of_the_call_is_raised_on_the_callers_thread() -> None:
+    def fail() -> None:
+        raise ValueError("boom")
+    with pytest.raises(ValueError, match="boom"):
+        collector_mod.bounded("x", fail, 1.0)
