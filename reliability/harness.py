@@ -43,6 +43,17 @@ def quiet(conf: dict[str, Any]) -> dict[str, Any]:
     return {**conf, "log_level": 0, "logger": _Silent()}
 
 
+_ADMINS: dict[str, AdminClient] = {}
+
+
+def admin_for(bootstrap: str) -> AdminClient:
+    """One admin client per cluster for the whole run: librdkafka has aborted the process
+    (an assertion in rd_kafka_enq_once) when short-lived admin clients were destroyed."""
+    if bootstrap not in _ADMINS:
+        _ADMINS[bootstrap] = AdminClient(quiet({"bootstrap.servers": bootstrap}))
+    return _ADMINS[bootstrap]
+
+
 class _Silent:
     def log(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -79,7 +90,7 @@ class App:
         return f"{self.app_id}-dlq"
 
     def create_topics(self) -> None:
-        admin = AdminClient(quiet({"bootstrap.servers": self.bootstrap}))
+        admin = admin_for(self.bootstrap)
         topics = [NewTopic(t, self.partitions, self.replication, config=KEEP)
                   for t in (self.source, self.counts, self.windows)]
         for topic, fut in admin.create_topics(topics, request_timeout=30).items():

@@ -10,9 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
-
-from reliability.harness import App, quiet
+from reliability.harness import App, admin_for
 from reliability.scenario import Context, events_count, steady
 
 NAME = "broker_failure"
@@ -37,7 +35,7 @@ def coordinator_partition(transactional_id: str, partitions: int) -> int:
 def leaders(app: App, txids: list[str]) -> Counter[int]:
     """Node id -> how many of the input partitions and transaction-state partitions of
     ``txids`` it leads."""
-    md = AdminClient(quiet({"bootstrap.servers": app.bootstrap})).list_topics(timeout=30)
+    md = admin_for(app.bootstrap).list_topics(timeout=30)
     count: Counter[int] = Counter()
     for p in md.topics[app.source].partitions.values():
         count[p.leader] += 1

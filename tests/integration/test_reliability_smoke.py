@@ -53,9 +53,14 @@ def _check(name: str, r: dict[str, Any]) -> None:
 def test_every_scenario_is_exact(group: str, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     scenarios = GROUPS[group]
-    run = subprocess.run([sys.executable, str(ROOT / "reliability" / "run.py"), "--smoke",
-                          "--scenarios", ",".join(scenarios), "--out", str(out), "--seed", "7"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=840)
+    argv = [sys.executable, str(ROOT / "reliability" / "run.py"), "--smoke",
+            "--scenarios", ",".join(scenarios), "--out", str(out), "--seed", "7"]
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=840)
+    if run.returncode == -6 and "rdkafka" in run.stderr and not out.exists():
+        # librdkafka aborted the runner itself (an assertion in one of the harness's own
+        # clients, seen once in CI: rd_kafka_enq_once_del_source_return), before any
+        # scenario result: that is the tooling, not the engine under test. Once more.
+        run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=840)
     assert out.exists(), run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())["scenarios"]
     assert sorted(results) == sorted(scenarios)
