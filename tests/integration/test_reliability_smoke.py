@@ -5,12 +5,15 @@ spreads them over its workers. Each scenario must be exact, and must show its fa
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from streamproc.kafka import cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,12 +58,20 @@ def test_every_scenario_is_exact(group: str, tmp_path: Path) -> None:
     scenarios = GROUPS[group]
     argv = [sys.executable, str(ROOT / "reliability" / "run.py"), "--smoke",
             "--scenarios", ",".join(scenarios), "--out", str(out), "--seed", "7"]
-    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=840)
-    if run.returncode == -6 and "rdkafka" in run.stderr and not out.exists():
-        # librdkafka aborted the runner itself (an assertion in one of the harness's own
-        # clients, seen once in CI: rd_kafka_enq_once_del_source_return), before any
-        # scenario result: that is the tooling, not the engine under test. Once more.
-        run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=840)
+    # The runner's work dir (its cluster) under tmp_path: one it could not stop is stopped here.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    try:
+        run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=840)
+        if run.returncode == -6 and "rdkafka" in run.stderr and not out.exists():
+            # librdkafka aborted the runner itself (an assertion in one of the harness's own
+            # clients, seen in CI: rd_kafka_enq_once_del_source_return), before any scenario
+            # result: that is the tooling, not the engine under test. Once more.
+            run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=840)
+    finally:
+        for left in tmp_path.glob("streamproc-reliability-*/cluster"):
+            cluster.stop(left)  # an aborted runner's finally never ran
     assert out.exists(), run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())["scenarios"]
     assert sorted(results) == sorted(scenarios)
