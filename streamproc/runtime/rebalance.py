@@ -98,6 +98,10 @@ class Rebalancer:
         """Seek the task's partitions to their committed offsets and resume them."""
         consumer = self.consumer
         tps = list(only) if only is not None else self.task_partitions(task)
+        # A rebalance may have taken a partition away since the restore began (seeking it
+        # would raise _STATE): only what the consumer holds now is sought and resumed.
+        held = {(p.topic, p.partition) for p in consumer.assignment()}
+        tps = [tp for tp in tps if (tp.topic, tp.partition) in held]
         if not tps:
             task.start()
             return
