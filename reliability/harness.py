@@ -323,6 +323,7 @@ class RecoveryClock:
         self.app = app
         self.durations: list[float] = []
         self.unresolved = 0
+        self.without_backlog = 0  # faults when no partition had records waiting: not timed
         self._faults: list[float] = []  # fault times not yet given a snapshot
         self._pending: list[tuple[float, dict[int, int]]] = []
         self._lock = threading.Lock()
@@ -369,14 +370,17 @@ class RecoveryClock:
             now = time.monotonic()
             with self._lock:
                 for at in self._faults:
-                    self._pending.append((at, {p: c for p, c in committed.items()
-                                               if c < ends[p]}))
+                    waiting = {p: c for p, c in committed.items() if c < ends[p]}
+                    if waiting:
+                        self._pending.append((at, waiting))
+                    else:
+                        self.without_backlog += 1
                 self._faults = []
                 left = []
                 for at, waiting in self._pending:
-                    if waiting and all(committed[p] > c for p, c in waiting.items()):
+                    if all(committed[p] > c for p, c in waiting.items()):
                         self.durations.append(now - at)
-                    elif waiting:
+                    else:
                         left.append((at, waiting))
                 self._pending = left
 
@@ -390,6 +394,7 @@ class RecoveryClock:
     def figures(self) -> dict[str, Any]:
         d = sorted(self.durations)
         return {"recoveries": len(d), "unresolved": self.unresolved,
+                "faults_without_backlog": self.without_backlog,
                 "recover_p50_s": round(_pct(d, 50), 2) if d else None,
                 "recover_p99_s": round(_pct(d, 99), 2) if d else None,
                 "recover_max_s": round(d[-1], 2) if d else None}

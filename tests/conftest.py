@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -229,3 +230,21 @@ def kafka(request: pytest.FixtureRequest,
         yield b.bootstrap
     finally:
         broker.stop(data_dir=data_dir)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs: a file system that really fills up (ENOSPC from the kernel). Skipped
+    where mounting is not allowed (needs root or CAP_SYS_ADMIN). Unmounted lazily, so a
+    process a test failed to stop does not leave the mount behind."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    got = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True, check=False)
+    if got.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root or CAP_SYS_ADMIN): "
+                    f"{got.stderr.strip() or got.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,23 +26,6 @@ from tests.integration.wordcount_check import (
 pytestmark = [pytest.mark.kafka, pytest.mark.crash]
 
 CONTROL_HEADER = "streamproc.control"  # watermark control records in repartition topics
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs: a file system that really fills up (ENOSPC from the kernel)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    got = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if got.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs (needs root or CAP_SYS_ADMIN): "
-                    f"{got.stderr.strip() or got.returncode}")
-    try:
-        yield mnt
-    finally:
-        # Lazy: a process we failed to stop must not leave the mount behind.
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture

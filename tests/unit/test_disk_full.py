@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,21 +123,6 @@ def test_the_state_dir_lock_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.M
     d.unlock()  # released: another instance (the restart) can take it
     d.lock()
     d.unlock()
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs (root only: skipped elsewhere), to fill for real."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    got = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if got.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs: {got.stderr.strip() or got.returncode}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _fill(path: Path) -> None:
