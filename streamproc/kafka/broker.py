@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -309,7 +310,7 @@ def _wait_ready(broker: LocalBroker, deadline: float, log_offset: int = 0) -> No
             except KafkaException:
                 _check_deadline(broker, deadline, "answer metadata requests", log_offset)
     _wait_transactions_ready(broker, deadline, log_offset)
-    _wait_group_coordinator_ready(admin, broker, deadline, log_offset)
+    _wait_group_coordinator_ready(broker, deadline, log_offset)
 
 
 def _wait_transactions_ready(broker: LocalBroker, deadline: float, log_offset: int) -> None:
@@ -335,24 +336,45 @@ def _wait_transactions_ready(broker: LocalBroker, deadline: float, log_offset: i
     producer.flush(0)
 
 
-def _wait_group_coordinator_ready(
-    admin: Any, broker: LocalBroker, deadline: float, log_offset: int
-) -> None:
-    from confluent_kafka import KafkaException
-
-    # Describing a (non-existent) group makes the broker create
-    # __consumer_offsets and load it, so the first real consumer group and
-    # send_offsets_to_transaction() don't pay for that.
-    while True:
+def _wait_group_coordinator_ready(broker: LocalBroker, deadline: float, log_offset: int) -> None:
+    def alive() -> None:
         _check_alive(broker, log_offset)
-        futures = admin.describe_consumer_groups(
-            [_PROBE_GROUP_ID], request_timeout=_chunk(deadline, 5.0)
-        )
-        try:
-            futures[_PROBE_GROUP_ID].result()
-            return
-        except KafkaException:
-            _check_deadline(broker, deadline, "serve consumer groups", log_offset)
+
+    def overdue() -> None:
+        _check_deadline(broker, deadline, "serve consumer groups", log_offset)
+
+    wait_group_coordinator(_probe_config(broker), _PROBE_GROUP_ID, deadline, alive, overdue)
+
+
+def wait_group_coordinator(config: dict[str, Any], group: str, deadline: float,
+                           alive: Callable[[], None], overdue: Callable[[], None]) -> None:
+    """Wait until the group coordinator answers an offset fetch for ``group``: the first one
+    makes the broker create __consumer_offsets and load it, so the first real consumer group
+    and send_offsets_to_transaction() don't pay for that. ``alive`` raises when the broker
+    died, ``overdue`` raises past the deadline (else it sleeps a little).
+
+    Not AdminClient.describe_consumer_groups: librdkafka (2.16 included) frees a coordinator
+    admin request twice when its connection drops, and the process aborts on the assertion
+    ``rd_kafka_enq_once_del_source_return: eonce->refcnt > 0`` (confluentinc/librdkafka#4605,
+    fix proposed in #5397). In a fault suite a connection drops on purpose; the consumer's
+    own offset fetch goes through the group handler instead, which has no such path.
+    """
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    try:
+        while True:
+            alive()
+            try:
+                done = consumer.committed([TopicPartition(_PROBE_GROUP_ID, 0)],
+                                          timeout=_chunk(deadline, 5.0))
+                if done and done[0].error is None:
+                    return
+            except KafkaException:
+                pass
+            overdue()
+    finally:
+        consumer.close()
 
 
 def _metadata_answers(broker: LocalBroker, timeout_s: float) -> bool:

@@ -35,6 +35,7 @@ from streamproc.kafka.broker import (
     _pid_alive,
     _read_tail,
     _terminate,
+    wait_group_coordinator,
 )
 from streamproc.kafka.broker_provision import (
     _TAIL_LINES,
@@ -277,15 +278,9 @@ def wait_ready(cluster: LocalCluster, deadline: float) -> None:
                 producer = None
             _check_deadline(cluster, deadline, "initialise transactions")
     producer.flush(0)
-    while True:
-        _check_alive(cluster)
-        try:
-            admin.describe_consumer_groups([_PROBE_TRANSACTIONAL_ID],
-                                           request_timeout=_chunk(deadline, 5.0)
-                                           )[_PROBE_TRANSACTIONAL_ID].result()
-            return
-        except KafkaException:
-            _check_deadline(cluster, deadline, "serve consumer groups")
+    wait_group_coordinator(_probe(cluster), _PROBE_TRANSACTIONAL_ID, deadline,
+                           lambda: _check_alive(cluster),
+                           lambda: _check_deadline(cluster, deadline, "serve consumer groups"))
 
 
 def _check_alive(cluster: LocalCluster) -> None:
