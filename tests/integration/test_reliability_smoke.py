@@ -33,7 +33,9 @@ def _check(name: str, r: dict[str, Any]) -> None:
     assert r["windows_emitted"] == r["windows_expected"] > 0, (name, r)
     assert r["stores_checked"] > 0 and r["stores_mismatched"] == 0, (name, r)
     if name == "rotation":
-        assert r["kills"] == 5 and r["restarts"] >= 5, r
+        # 5 kills wanted; a crash point armed by the last of them may still fire after it
+        # (CI: 6).
+        assert r["kills"] >= 5 and r["restarts"] >= 5, r
     elif name == "zombie":
         assert r["pauses"] == 1 and r["lost_assignments"] + r["checkpoint_failures"] >= 1, r
     elif name == "state_loss":
