@@ -46,6 +46,11 @@ _CLUSTER_ID_FILE = "cluster.id"
 _LOG_DIR = "kafka-data"
 _LIBS_MARKER = ".libs-complete"
 _DEFAULT_HEAP = ("-Xmx1g", "-Xms256m")
+# The client JIT only: a local broker lives for a test or a dev session on a small machine,
+# where C2's compiler threads cost more than they win. Measured on the 2-core CI machine:
+# 2.7 s of CPU to ready instead of 4.5 s, and half the CPU under 200k produced records
+# (the suite starts some 40 JVMs, most at once).
+_JIT = ("-XX:TieredStopAtLevel=1",)
 _MVN_TIMEOUT_S = 1800.0
 _FORMAT_TIMEOUT_S = 120.0
 _FORMAT_ARGFILE = ".format-args"
@@ -275,7 +280,7 @@ def _format_storage_once(
     cmd = [
         # No log4j config: log4j's default (errors to the console) lands in the
         # captured output, keeping a 300-line config dump out of broker.log.
-        java, "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool",
+        java, "-Xmx256m", *_JIT, "-cp", classpath, "kafka.tools.StorageTool",
         "format", "-t", cluster_id, "-c", str(server_properties),
     ]
     argfile = data_dir / _FORMAT_ARGFILE
@@ -342,7 +347,7 @@ def jvm_command(java: str, classpath: str, data_dir: Path, server_properties: Pa
                 log4j_config: Path, heap: list[str] | None = None) -> list[str]:
     """The broker's JVM command line (one node: kafka/cluster.py launches several)."""
     return [
-        java, *(heap if heap is not None else _heap_options()),
+        java, *(heap if heap is not None else _heap_options()), *_JIT,
         # GC flags as in Kafka's kafka-run-class.sh: short pauses keep request
         # latency (and thus test timing) predictable.
         "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
