@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -50,11 +51,12 @@ from streamproc.kafka.broker_provision import (
     jvm_command,
     resolve_classpath,
 )
-from streamproc.kafka.ports import free_port
+from streamproc.kafka.ports import claim, free_port
 
 log = structlog.get_logger(__name__)
 
 _STATE_FILE = "cluster.json"
+_START_ATTEMPTS = 3  # a fresh cluster whose ports were taken before its JVMs bound them
 _LOCK_FILE = ".cluster.lock"
 _CLUSTER_ID_FILE = "cluster.id"  # as kafka/broker_provision.py reads it in each node's dir
 # Three JVMs share the machine with the instances under test: smaller heaps than one broker's.
@@ -126,11 +128,36 @@ def start(data_dir: Path, brokers: int = 3, timeout_s: float = 180.0) -> LocalCl
         raise BrokerError(f"brokers must be at least 1, not {brokers}")
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        cluster, fresh = _launch_all(data_dir, brokers)
+        started = time.monotonic()
+        try:
+            wait_ready(cluster, time.monotonic() + timeout_s)
+        except BrokerError:
+            # A port picked free was bound by another process before the node's JVM bound
+            # it (a parallel suite starting many JVMs at once): a fresh cluster starts over on
+            # new ports. A cluster with data keeps its ports (its voters are in its metadata).
+            if not fresh or attempt == _START_ATTEMPTS or not _bind_failed(cluster):
+                raise
+            log.warning("kafka.cluster.port_race", attempt=attempt)
+            stop(data_dir)
+            _forget(data_dir)
+            continue
+        log.info("kafka.cluster.started", bootstrap=cluster.bootstrap, nodes=len(cluster.nodes),
+                 seconds=round(time.monotonic() - started, 1))
+        return cluster
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _launch_all(data_dir: Path, brokers: int) -> tuple[LocalCluster, bool]:
+    """Every node of the cluster of ``data_dir`` started (planned first if new); whether the
+    cluster is new."""
     with _file_lock(data_dir / _LOCK_FILE):
         cluster = _read(data_dir)
         if cluster is not None and len(cluster.nodes) != brokers:
             raise BrokerError(f"the cluster in {data_dir} has {len(cluster.nodes)} nodes, not "
                               f"{brokers}; stop it and use another data dir")
+        fresh = cluster is None
         if cluster is None:
             cluster = _plan(data_dir, brokers)
         java, classpath = _find_java(), resolve_classpath()
@@ -143,11 +170,25 @@ def start(data_dir: Path, brokers: int = 3, timeout_s: float = 180.0) -> LocalCl
             nodes.append(_spawn(java, classpath, node, cluster.nodes, cluster_id))
         cluster = LocalCluster(data_dir, tuple(nodes))
         _write(cluster)
-    started = time.monotonic()
-    wait_ready(cluster, time.monotonic() + timeout_s)
-    log.info("kafka.cluster.started", bootstrap=cluster.bootstrap, nodes=len(cluster.nodes),
-             seconds=round(time.monotonic() - started, 1))
-    return cluster
+    return cluster, fresh
+
+
+def _bind_failed(cluster: LocalCluster) -> bool:
+    text = "".join(_read_tail(n.data_dir / name, 300) for n in cluster.nodes
+                   for name in ("broker.log", "broker.out"))
+    return ("Address already in use" in text or "BindException" in text
+            or "Unable to start acceptor" in text)
+
+
+def _forget(data_dir: Path) -> None:
+    """A fresh cluster that failed to start: its plan and node dirs removed (nothing of a
+    user's is in them yet), so the next attempt plans new ports."""
+    with _file_lock(data_dir / _LOCK_FILE):
+        cluster = _read(data_dir)
+        for n in cluster.nodes if cluster else ():
+            shutil.rmtree(n.data_dir, ignore_errors=True)
+        (data_dir / _STATE_FILE).unlink(missing_ok=True)
+        (data_dir / _CLUSTER_ID_FILE).unlink(missing_ok=True)
 
 
 def stop(data_dir: Path, timeout_s: float = 60.0) -> bool:
@@ -218,6 +259,8 @@ def restart(data_dir: Path, node_id: int, timeout_s: float = 120.0) -> LocalClus
     data_dir = data_dir.expanduser().resolve()
     with _file_lock(data_dir / _LOCK_FILE):
         cluster, node = _existing(data_dir, node_id, running=False)
+        claim(node.port)  # renewed: it stays ours while the node is down
+        claim(node.controller_port)
         fresh = _spawn(_find_java(), resolve_classpath(), node, cluster.nodes,
                        _cluster_id(data_dir))
         cluster = LocalCluster(data_dir, tuple(fresh if n.id == node_id else n

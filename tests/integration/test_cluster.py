@@ -4,7 +4,9 @@ the replication users run, that keep working through the SIGKILL of any one node
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,31 @@ def test_internal_topics_take_internal_replication_factor(three: cluster.LocalCl
     with pytest.raises(ConfigError, match=r"internal_replication_factor.*4 replicas, but the "
                        r"cluster has 3 brokers"):
         refused.run()
+
+
+def test_a_fresh_cluster_whose_port_was_taken_starts_over_on_new_ports(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race CI hit: a port picked free, bound by someone else before the node's JVM bound it.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    taken = held.getsockname()[1]
+    real, plans = cluster._plan, []
+
+    def plan(data_dir: Path, brokers: int) -> cluster.LocalCluster:
+        c = real(data_dir, brokers)
+        if not plans:
+            c = cluster.LocalCluster(data_dir, (replace(c.nodes[0], port=taken),))
+        plans.append(c)
+        return c
+
+    monkeypatch.setattr(cluster, "_plan", plan)
+    data_dir = tmp_path / "one"
+    try:
+        started = cluster.start(data_dir, brokers=1)
+        assert len(plans) == 2 and plans[0].nodes[0].port == taken
+        assert started.nodes[0].port == plans[1].nodes[0].port != taken
+        assert cluster.status(data_dir) is not None
+    finally:
+        cluster.stop(data_dir)
+        held.close()
