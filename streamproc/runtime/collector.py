@@ -9,7 +9,9 @@ fences the old epoch and aborts whatever it had open (design.md; librdkafka lack
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +62,21 @@ def bounded(what: str, call: Callable[[], None], timeout_s: float) -> None:
         raise failed[0]
 
 
+# What init_transactions may fail with while the cluster heals (besides what librdkafka marks
+# retriable): the coordinator moving or loading, the previous epoch's transaction still being
+# aborted, the brokers out of reach.
+_INIT_TRANSIENT = frozenset({
+    KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.CONCURRENT_TRANSACTIONS,
+    KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS,
+})
+
+
+def _init_retriable(err: KafkaError) -> bool:
+    return not err.fatal() and (err.retriable() or err.code() in _INIT_TRANSIENT)
+
+
 class Collector:
     def __init__(self, make_config: Callable[[], dict[str, Any]], *, transactional: bool,
                  op_timeout_s: float) -> None:
@@ -84,17 +101,44 @@ class Collector:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init(self) -> None:
-        if self.transactional:
-            # Fences any earlier producer with our transactional.id and aborts its open
-            # transaction, so read_committed consumers are not left waiting for its timeout.
+        """Fence any earlier producer with our transactional.id and abort its open transaction,
+        so read_committed consumers are not left waiting for its timeout.
+
+        A transaction coordinator that is moving (its broker died, the new leader is loading
+        __transaction_state) answers COORDINATOR_NOT_AVAILABLE for as long as that takes,
+        which under load outlasts one call (CI: 30 s, in the broker failure scenario). That
+        is retried, each time with a fresh producer, for up to ``4 * op_timeout_s`` (a quarter
+        of max.poll.interval.ms each; twice at least) before the error is raised. Refusals
+        and errors that waiting cannot cure are raised at once.
+        """
+        if not self.transactional:
+            return
+        deadline = time.monotonic() + 4 * self._op_timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            timeout_s = max(1.0, min(self._op_timeout_s, deadline - time.monotonic()))
             try:
-                p, timeout_s = self._producer, self._op_timeout_s
-                bounded("init_transactions", lambda: p.init_transactions(timeout_s), timeout_s)
+                bounded("init_transactions", functools.partial(
+                    self._producer.init_transactions, timeout_s), timeout_s)
+                return
             except KafkaException as exc:
-                refused = refusal(exc.args[0], "initialising transactions")
+                err: KafkaError = exc.args[0]
+                refused = refusal(err, "initialising transactions")
                 if refused is not None:
                     raise refused from None
-                raise
+                if not _init_retriable(err) or (attempt > 1 and time.monotonic() >= deadline):
+                    raise
+                reason = err.str()
+            except TransactionAborted as exc:  # librdkafka ignored its timeout
+                if attempt > 1 and time.monotonic() >= deadline:
+                    raise
+                reason = str(exc)
+            log.warning("collector.init_retry", attempt=attempt, error=reason,
+                        seconds_left=round(max(0.0, deadline - time.monotonic()), 1))
+            # An error that came at once (no broker to ask) must not spin.
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._producer = self._new_producer()
 
     def begin(self) -> None:
         if self.transactional and not self._in_txn:

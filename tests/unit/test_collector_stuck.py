@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from streamproc.errors import TransactionAborted
 from streamproc.runtime import collector as collector_mod
@@ -85,11 +86,63 @@ def test_a_stuck_commit_fails_within_the_deadline_and_reset_recovers(
                          "send_offsets_to_transaction", "commit_transaction"]
 
 
-def test_a_stuck_init_fails_within_the_deadline(stuck_in: list[str]) -> None:
+def test_a_stuck_init_is_retried_with_a_fresh_producer(stuck_in: list[str]) -> None:
     stuck_in.append("init_transactions")
     c = Collector(lambda: {"transactional.id": "t"}, transactional=True, op_timeout_s=0.2)
-    with pytest.raises(TransactionAborted, match="init_transactions did not return"):
+    t0 = time.monotonic()
+    c.init()
+    assert time.monotonic() - t0 < 3  # our deadline (1 s + margin), not librdkafka's
+    old, new = StuckProducer.instances
+    assert old.calls == new.calls == ["init_transactions"]
+
+
+class FailingInit:
+    """init_transactions fails with ``code`` for the first ``failures`` producers."""
+
+    made: ClassVar[list[FailingInit]] = []
+
+    def __init__(self, code: int, failures: int) -> None:
+        self.code, self.failures = code, failures
+        FailingInit.made.append(self)
+
+    def init_transactions(self, _t: float) -> None:
+        if len(FailingInit.made) <= self.failures:
+            raise KafkaException(KafkaError(self.code, "Failed to initialize Producer ID"))
+
+
+@pytest.fixture
+def failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
+    spec: list[tuple[int, int]] = []
+    FailingInit.made.clear()
+    monkeypatch.setattr(collector_mod, "new_producer", lambda conf: FailingInit(*spec[0]))
+    yield spec
+
+
+def test_a_moving_coordinator_is_waited_for(failing: list[tuple[int, int]]) -> None:
+    # CI, broker failure scenario: COORDINATOR_NOT_AVAILABLE for longer than one call while
+    # the killed broker's __transaction_state partitions found new leaders.
+    failing.append((KafkaError.COORDINATOR_NOT_AVAILABLE, 3))
+    c = Collector(lambda: {"transactional.id": "t"}, transactional=True, op_timeout_s=1.0)
+    c.init()
+    assert len(FailingInit.made) == 4
+
+
+def test_a_coordinator_that_never_comes_back_fails_after_four_timeouts(
+        failing: list[tuple[int, int]]) -> None:
+    failing.append((KafkaError.COORDINATOR_NOT_AVAILABLE, 1000))
+    c = Collector(lambda: {"transactional.id": "t"}, transactional=True, op_timeout_s=0.25)
+    t0 = time.monotonic()
+    with pytest.raises(KafkaException, match="Failed to initialize Producer ID"):
         c.init()
+    assert 1.0 <= time.monotonic() - t0 < 3
+
+
+def test_an_error_waiting_cannot_cure_is_raised_at_once(failing: list[tuple[int, int]]) -> None:
+    failing.append((KafkaError.INVALID_TRANSACTION_TIMEOUT, 1000))
+    c = Collector(lambda: {"transactional.id": "t"}, transactional=True, op_timeout_s=5.0)
+    with pytest.raises(KafkaException):
+        c.init()
+    assert len(FailingInit.made) == 1
 
 
 def test_an_error_of_the_call_is_raised_on_the_callers_thread() -> None:
