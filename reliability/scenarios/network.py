@@ -16,9 +16,13 @@ The instances must ride every fault out without exiting, and the outputs stay ex
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from reliability.harness import App, Feeder, Instance, RecoveryClock, input_spec, wait_for
@@ -130,7 +134,7 @@ def _run(ctx: Context, app: App, net: Network, records: int, rate: float,
         fault["seconds"] = round(time.monotonic() - t0, 1)
         # The group processes again (every partition with records waiting moves on), and
         # the victim has a task running again, before the next fault.
-        _await_recovery(ctx, clock, len(faults) + 1, victim, before, tick, fault)
+        _await_recovery(ctx, clock, len(faults) + 1, victim, before, tick, fault, instances)
         faults.append(fault)
         hold(rng.uniform(2, 6))
     truth = drain(out, app, feeder, sup.tick, timeout_s=600 if ctx.smoke else 3600)
@@ -151,7 +155,8 @@ def _run(ctx: Context, app: App, net: Network, records: int, rate: float,
 
 
 def _await_recovery(ctx: Context, clock: RecoveryClock, n: int, victim: Instance, before: int,
-                    tick: Callable[[], None], fault: dict[str, Any]) -> None:
+                    tick: Callable[[], None], fault: dict[str, Any],
+                    instances: list[Instance]) -> None:
     t0 = time.monotonic()
     try:
         wait_for("the group to process again", lambda: (
@@ -160,6 +165,7 @@ def _await_recovery(ctx: Context, clock: RecoveryClock, n: int, victim: Instance
     except TimeoutError as exc:
         ctx.log(f"   {exc}")
         fault["recover_s"] = None
+        fault["stacks"] = _dump_stacks(instances, n)
     if fault["kind"] in ("delay", "partition"):
         # Past the session timeout the victim's partitions went to the others: it must
         # rejoin and take some back (not a condition of exactness, a figure).
@@ -171,6 +177,25 @@ def _await_recovery(ctx: Context, clock: RecoveryClock, n: int, victim: Instance
         except TimeoutError:
             fault["rejoined"] = False
     ctx.log(f"   {fault}")
+
+
+def _dump_stacks(instances: list[Instance], n: int) -> list[str]:
+    """Where every live instance is, when the group did not process again: the threads of
+    each (py-spy, when installed, with the native frames of librdkafka's calls) in a file
+    beside its log. The files written."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not os.access(spy, os.X_OK):
+        return []
+    written = []
+    for inst in instances:
+        if not inst.alive:
+            continue
+        path = inst.log_path.with_suffix(f".stall{n}.txt")
+        with path.open("w") as f:
+            subprocess.run([spy, "dump", "--native", "--pid", str(inst.proc.pid)], stdout=f,
+                           stderr=subprocess.STDOUT, timeout=60, check=False)
+        written.append(str(path))
+    return written
 
 
 def _by_kind(faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
