@@ -97,6 +97,13 @@ class Collector:
         # own (it tracks their offsets).
         conf = self._make_config()
         self._client_id = conf.get("client.id", "rdkafka")
+        # A commit that outlasts the transaction timeout has lost the race against the
+        # broker's own abort, or succeeded unseen: either way only a new producer can tell
+        # (the unknown-outcome path), so waiting for it any longer only stalls the instance.
+        # After a connection reset librdkafka can hang in send_offsets_to_transaction well
+        # past any timeout (network scenario: 37.5 s, the operation timeout and its margin).
+        txn_s = float(conf.get("transaction.timeout.ms", 60_000)) / 1000
+        self._commit_timeout_s = min(self._op_timeout_s, txn_s)
         return new_producer({**conf, "on_delivery": self._on_delivery})
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -264,7 +271,7 @@ class Collector:
         """
         try:
             self.flush()
-            p, timeout_s = self._producer, self._op_timeout_s
+            p, timeout_s = self._producer, self._commit_timeout_s
             if offsets:
                 positions = offset_list(offsets, self.offset_metadata)
                 bounded("send_offsets_to_transaction", lambda: p.send_offsets_to_transaction(

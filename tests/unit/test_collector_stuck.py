@@ -86,6 +86,20 @@ def test_a_stuck_commit_fails_within_the_deadline_and_reset_recovers(
                          "send_offsets_to_transaction", "commit_transaction"]
 
 
+def test_a_stuck_commit_is_abandoned_at_the_transaction_timeout(stuck_in: list[str]) -> None:
+    # Past transaction.timeout.ms the broker aborts the transaction by itself: waiting the
+    # whole operation timeout (30 s by default) for librdkafka only stalls the instance.
+    stuck_in.append("send_offsets_to_transaction")
+    c = Collector(lambda: {"transactional.id": "t", "transaction.timeout.ms": 1000},
+                  transactional=True, op_timeout_s=20.0)
+    c.init()
+    c.begin()
+    t0 = time.monotonic()
+    with pytest.raises(TransactionAborted, match=r"did not return within 2\.0s"):
+        c.commit_transaction({TopicPartition("in", 0): 5}, "group")
+    assert time.monotonic() - t0 < 4
+
+
 def test_a_stuck_init_is_retried_with_a_fresh_producer(stuck_in: list[str]) -> None:
     stuck_in.append("init_transactions")
     c = Collector(lambda: {"transactional.id": "t"}, transactional=True, op_timeout_s=0.2)
