@@ -32,11 +32,6 @@ SCENARIOS = ("rotation", "broker_failure", "network", "zombie", "disk_full", "st
              "broker_down")
 
 
-# Run only when named: network is not exact yet (instances stall for minutes after their
-# connections are cut; docs/reliability.md, scenario 3).
-UNFINISHED = ("network",)
-
-
 def log(msg: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {msg}", flush=True)
 
@@ -44,7 +39,7 @@ def log(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="every scenario, small")
-    ap.add_argument("--scenarios", default=",".join(s for s in SCENARIOS if s not in UNFINISHED),
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help=f"comma-separated, of {', '.join(SCENARIOS)}")
     ap.add_argument("--brokers", default=None,
                     help="an existing cluster (scenarios that kill brokers need ours)")

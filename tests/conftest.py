@@ -54,6 +54,7 @@ SLOW: dict[str, float] = {
     "test_reliability_smoke.py::test_every_scenario_is_exact[instances]": 180,
     "test_reliability_smoke.py::test_every_scenario_is_exact[brokers]": 150,
     "test_reliability_smoke.py::test_every_scenario_is_exact[io]": 120,
+    "test_reliability_smoke.py::test_every_scenario_is_exact[network]": 160,
     "test_cluster.py": 90,
     "test_least_privilege.py": 80,
     "test_bench_smoke.py::test_every_contender_produces_the_exact_expected_output[W6-quix]": 60,

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reliability.harness import App, Feeder, Instance, RecoveryClock, input_spec, wait_for
+from reliability.harness import App, Instance, RecoveryClock, wait_for
 from reliability.netns import Netns, NetnsUnavailable, broker_ports
 from reliability.proxy import FaultProxy
-from reliability.scenario import Context, Supervisor, drain, events_count, finish
-from reliability.verify import Outputs
+from reliability.scenario import Context, Steady, events_count, steady
 
 NAME = "network"
 TITLE = "Network faults: delay, connection drops, drop at commit, partition (per instance)"
@@ -69,42 +68,29 @@ class Network:
 
 def run(ctx: Context) -> dict[str, Any]:
     records, rate, per_kind = (24_000, 200, 1) if ctx.smoke else (300_000, 400, 5)
-    app = ctx.app(NAME)
+    made: list[tuple[App, Network]] = []
+
+    def isolate(instances: list[Instance]) -> None:
+        app = instances[0].app
+        try:
+            net = Network(app, len(instances))
+        except NetnsUnavailable as exc:
+            raise RuntimeError(f"cannot run the network scenario: {exc}") from None
+        made.append((app, net))
+        for inst, ns in zip(instances, net.namespaces, strict=True):
+            inst.prefix = ns.prefix
+
     try:
-        net = Network(app, 3)
-    except NetnsUnavailable as exc:
-        raise RuntimeError(f"cannot run the network scenario: {exc}") from None
-    try:
-        return _run(ctx, app, net, records, rate, per_kind)
+        s = steady(ctx, NAME, records, rate, before_start=isolate)
+        return _run(ctx, s, made[0][1], per_kind)
     finally:
-        app.stop_all(30)  # a failure midway: no instance may outlive its namespace's proxy
-        net.close()
+        for app, net in made:
+            app.stop_all(30)  # a failure midway: no instance may outlive its namespace's proxy
+            net.close()
 
 
-def _run(ctx: Context, app: App, net: Network, records: int, rate: float,
-         per_kind: int) -> dict[str, Any]:
-    rng = ctx.rng
-    instances = [app.instance(n) for n in range(3)]
-    for inst, ns in zip(instances, net.namespaces, strict=True):
-        inst.prefix = ns.prefix
-        inst.start()
-    # An instance that exits is restarted (as a container would be) but counted: the
-    # scenario is exact only if none did.
-    sup = Supervisor(instances, rng, restart=True)
-    out, clock = Outputs(app), RecoveryClock(app)
-    started = time.monotonic()
-    feeder = Feeder(app, input_spec(records), rate).start()
-
-    def tick() -> None:
-        out.poll(0.3)
-        sup.tick()
-
-    def hold(seconds: float) -> None:
-        until = time.monotonic() + seconds
-        while time.monotonic() < until:
-            tick()
-
-    wait_for("first outputs", lambda: (tick(), out.count_records > 0)[1], 120)
+def _run(ctx: Context, s: Steady, net: Network, per_kind: int) -> dict[str, Any]:
+    rng, instances, clock = ctx.rng, s.instances, s.clock
     plan = [k for k in KINDS for _ in range(per_kind)]
     rng.shuffle(plan)
     faults: list[dict[str, Any]] = []
@@ -118,38 +104,34 @@ def _run(ctx: Context, app: App, net: Network, records: int, rate: float,
         if kind == "delay":
             fault["latency_s"] = round(latency := rng.uniform(8, 14), 1)
             proxy.delay(latency)
-            hold(latency + rng.uniform(4, 10))
+            s.idle(latency + rng.uniform(4, 10))
         elif kind == "partition":
             proxy.partition()
-            hold(rng.uniform(SESSION_S + 1, SESSION_S + 6))
+            s.idle(rng.uniform(SESSION_S + 1, SESSION_S + 6))
         elif kind == "drop":
             proxy.drop()
         else:
             fired = proxy.drop_at_commit()
             until = time.monotonic() + 30  # two commits a second under a steady feed
             while not fired.is_set() and time.monotonic() < until:
-                tick()
+                s.tick()
             fault["fired"] = fired.is_set()
         proxy.heal()
         fault["seconds"] = round(time.monotonic() - t0, 1)
         # The group processes again (every partition with records waiting moves on), and
         # the victim has a task running again, before the next fault.
-        _await_recovery(ctx, clock, len(faults) + 1, victim, before, tick, fault, instances)
+        _await_recovery(ctx, clock, len(faults) + 1, victim, before, s.tick, fault, instances)
         faults.append(fault)
-        hold(rng.uniform(2, 6))
-    truth = drain(out, app, feeder, sup.tick, timeout_s=600 if ctx.smoke else 3600)
-    res = finish(app, out, truth, clock, started, instances=3, faults=_by_kind(faults),
-                 fault_log=faults, proxies=net.figures(),
-                 instance_exits=len(sup.unexpected_exits),
-                 exit_codes=[code for _, code in sup.unexpected_exits],
-                 crashes=events_count(app, "instance.crashed"),
-                 lost_assignments=events_count(app, "rebalance.lost"),
-                 checkpoint_failures=events_count(app, "checkpoint.failed"),
-                 producer_recreated=events_count(app, "instance.recovering"))
-    # Exactly-once results, no instance exited, and the unknown-outcome path was exercised
-    # (a new producer after a failed commit), which is what the faults are here for.
-    res["exact"] = (res["exact"] and not sup.unexpected_exits
-                    and res["producer_recreated"] > 0
+        s.idle(rng.uniform(2, 6))
+    res = s.finish(faults=_by_kind(faults), fault_log=faults, proxies=net.figures(),
+                   exit_codes=[code for _, code in s.sup.unexpected_exits],
+                   crashes=events_count(s.app, "instance.crashed"),
+                   lost_assignments=events_count(s.app, "rebalance.lost"),
+                   checkpoint_failures=events_count(s.app, "checkpoint.failed"),
+                   producer_recreated=events_count(s.app, "instance.recovering"))
+    # Exactly-once results, no instance exited (Steady.finish), and the unknown-outcome path
+    # was exercised (a new producer after a failed commit), which is what the faults are for.
+    res["exact"] = (res["exact"] and res["producer_recreated"] > 0
                     and all(f.get("fired", True) for f in faults))
     return res
 
