@@ -161,23 +161,26 @@ def _await_recovery(ctx: Context, clock: RecoveryClock, n: int, victim: Instance
     ctx.log(f"   {fault}")
 
 
-def _dump_stacks(instances: list[Instance], n: int) -> list[str]:
+def _dump_stacks(instances: list[Instance], n: int) -> dict[str, str]:
     """Where every live instance is, when the group did not process again: the threads of
-    each (py-spy, when installed, with the native frames of librdkafka's calls) in a file
-    beside its log. The files written."""
+    each (py-spy, with the native frames of librdkafka's calls), written beside its log and
+    kept in the results (the run's work dir is removed after it)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not os.access(spy, os.X_OK):
-        return []
-    written = []
+        return {}
+    dumps = {}
     for inst in instances:
         if not inst.alive:
             continue
-        path = inst.log_path.with_suffix(f".stall{n}.txt")
-        with path.open("w") as f:
-            subprocess.run([spy, "dump", "--native", "--pid", str(inst.proc.pid)], stdout=f,
-                           stderr=subprocess.STDOUT, timeout=60, check=False)
-        written.append(str(path))
-    return written
+        run = subprocess.run([spy, "dump", "--native", "--pid", str(inst.proc.pid)],
+                             capture_output=True, text=True, timeout=60, check=False)
+        text = run.stdout + run.stderr
+        inst.log_path.with_suffix(f".stall{n}.txt").write_text(text)
+        # The interesting frames are the blocked ones: librdkafka calls and waits.
+        dumps[f"i{inst.n}"] = "\n".join(
+            line for line in text.splitlines()
+            if "streamproc" in line or "rd_kafka" in line or "Thread" in line)[:6000]
+    return dumps
 
 
 def _by_kind(faults: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -32,7 +32,9 @@ def broker_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def broker(broker_dir: Path) -> LocalBroker:
-    return start(data_dir=broker_dir)
+    # Generous: it starts while the parallel suite starts all its other JVMs (CI run 10: past
+    # the default 90 s); what is under test here is the broker's behaviour, not its speed.
+    return start(data_dir=broker_dir, timeout_s=300)
 
 
 def _create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:

@@ -1,5 +1,5 @@
 """The fault suite cannot rot: ``reliability/run.py --smoke`` runs every scenario small on its
-own 3-node cluster (started and stopped by the runner), in four groups so that a parallel run
+own 3-node cluster (started and stopped by the runner), in three groups so that a parallel run
 spreads them over its workers. Each scenario must be exact, and must show its fault happened."""
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.crash]
 GROUPS = {
     "instances": ("rotation", "zombie", "state_loss"),
     "brokers": ("broker_failure", "broker_down"),
-    "io": ("disk_full",),
     # Network namespaces need root (CAP_SYS_ADMIN) and iproute2: the CI machine has both.
-    "network": ("network",),
+    # With disk_full, not in a group of its own: a fourth cluster and three more instances at
+    # once overloaded the 2-core machine (CI run 10: 13 min, and two scenarios stalled).
+    "io": ("disk_full", "network"),
 }
 
 
@@ -39,7 +40,7 @@ def _check(name: str, r: dict[str, Any]) -> None:
         # (CI: 6).
         assert r["kills"] >= 5 and r["restarts"] >= 5, r
     elif name == "zombie":
-        assert r["pauses"] == 1 and r["lost_assignments"] + r["checkpoint_failures"] >= 1, r
+        assert r["pauses"] == 1 and r["zombies_told"] == 1, r
     elif name == "state_loss":
         assert r["state_dirs_deleted"] == 1 and r["rebuilt_records"] > 0, r
     elif name == "broker_failure":
