@@ -150,6 +150,8 @@ class ConsumerLoop:
             if restorer.active:
                 for task in restorer.step(poll_s if not msgs else 0.0):
                     rebalancer.restored(task)
+            if rebalancer.unstarted:
+                rebalancer.start_deferred()
             if self.rejoin_once is not None and rebalancer.assignments:
                 rejoin, self.rejoin_once = self.rejoin_once, None
                 log.info("rebalance.rejoin", reason="first assignment of a static member")

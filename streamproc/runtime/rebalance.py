@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import structlog
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.kafka import offsets
@@ -73,6 +73,8 @@ class Rebalancer:
         # Assignments handled so far (empty ones too). A member id alone is set by librdkafka's
         # thread on JoinGroup, before the loop has seen (and paused) what it was given.
         self.assignments = 0
+        # Tasks whose start found the consumer between two assignments (see start_task).
+        self.unstarted: set[TaskId] = set()
 
     # -- tasks ---------------------------------------------------------------------------------
     def create_task(self, tid: TaskId) -> None:
@@ -109,12 +111,25 @@ class Rebalancer:
             consumer, [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps],
             self._timeout_s)
         positions: dict[TopicPartition, int] = {}
-        for c in committed:
-            tp = TopicPartition(c.topic, c.partition)
-            if c.offset >= 0:
-                positions[tp] = c.offset
-            consumer.seek(KafkaTopicPartition(c.topic, c.partition,
-                                              c.offset if c.offset >= 0 else self._start_at(tp)))
+        try:
+            for c in committed:
+                tp = TopicPartition(c.topic, c.partition)
+                if c.offset >= 0:
+                    positions[tp] = c.offset
+                consumer.seek(KafkaTopicPartition(
+                    c.topic, c.partition, c.offset if c.offset >= 0 else self._start_at(tp)))
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._STATE:
+                raise
+            # The consumer still lists the partition, but its membership is being lost or
+            # revoked (a session that timed out during the restore: network scenario); the
+            # callback that says so comes with the next poll. Seeking again after it either
+            # works (still ours) or is never needed (the task is closed).
+            if task.id not in self.unstarted:
+                self.unstarted.add(task.id)
+                log.info("task.start_deferred", task=str(task.id), error=str(exc.args[0]))
+            return
+        self.unstarted.discard(task.id)
         task.next_offsets.update(positions)
         task.mark_committed(positions)
         task.start()
@@ -122,12 +137,24 @@ class Rebalancer:
         log.info("task.running", task=str(task.id), partitions=[f"{t}[{p}]" for t, p in tps],
                  committed=[positions.get(tp) for tp in tps])
 
+    def start_deferred(self) -> None:
+        """Start again the tasks whose start was deferred, once a poll has served the
+        rebalance callbacks that were pending."""
+        for tid in list(self.unstarted):
+            task = self.tasks.get(tid)
+            if task is None or self.restorer.is_restoring(task):
+                self.unstarted.discard(tid)  # closed, or restoring again: restored() starts it
+                continue
+            self.start_task(task)
+
     def close_task(self, task: Task) -> None:
+        self.unstarted.discard(task.id)
         self.restorer.remove(task)
         task.close()
         self.tasks.pop(task.id, None)
 
     def close_all(self) -> None:
+        self.unstarted.clear()
         for task in list(self.tasks.values()):
             task.close()
         self.tasks.clear()
