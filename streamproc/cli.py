@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
-from streamproc import logs
+from streamproc import logs, workers
 from streamproc.codecs.schemas import SCHEMA_DIR_ENV
 from streamproc.config import Settings, flag_for, load_settings
 from streamproc.connection import ConnectionSettings, kafka_connection
@@ -150,6 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ[SCHEMA_DIR_ENV] = str(settings.schema_dir)
     topology = load_topology(args.topology, _params(args.param))
     bootstrap = resolve_brokers(settings)
+    if settings.workers > 1:
+        return _supervise(args, settings)
+    workers.adopt_supervisor()
     stopping = threading.Event()
     current: list[Any] = []
 
@@ -180,6 +183,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.warning("instance.restarting", reason=str(app.failure), restarts=len(restarts))
         if stopping.wait(1.0):
             return code
+
+
+def _supervise(args: argparse.Namespace, settings: Settings) -> int:
+    """``--workers N``: this process supervises N ``streamproc run`` workers (and serves their
+    HTTP front) instead of running an instance itself."""
+    from streamproc.ops.front import Front
+
+    supervisor = workers.Supervisor(settings, workers.worker_command(args.argv))
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("workers.stopping", signal=signal.Signals(signum).name)
+        supervisor.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    front = None
+    if settings.http_port is not None:
+        front = Front(settings, supervisor.views)
+        port = front.start()
+        log.info("http.listening", port=port, host=settings.http_host, front=True)
+    try:
+        return supervisor.run()
+    finally:
+        if front is not None:
+            front.stop()
 
 
 # In-place restarts after a fatal consumer error: at most this many within the window.
@@ -523,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     one error line and a non-zero exit code, never a traceback; only a bug shows one."""
     logs.configure("warning")  # until the command configures its own: argparse errors too
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers repeats
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -41,9 +41,20 @@ class Settings(ConnectionSettings):
         description="Stable id of this instance (transactional.id suffix); "
         "generated once and kept in the state dir when unset.",
     )
+    workers: int = Field(
+        1, ge=1, le=256, description="Instance processes of this application on this machine "
+        "(Python runs one core per process), under one supervisor that restarts a worker that "
+        "dies; worker i keeps its state and instance id in {state_dir}/worker-i and serves "
+        "HTTP on http_port+1+i, the supervisor the probes, /metrics and /status of all on "
+        "http_port.")
     static_membership: bool = Field(
         True, description="Join the group with group.instance.id = {app}-{instance_id}, so a "
         "restarted instance takes its partitions back without a rebalance.")
+    partition_assignor: Literal["auto", "range", "cooperative-sticky"] = Field(
+        "auto", description="How the group assigns partitions. auto: range when a stateful "
+        "sub-topology shares the group with others (cooperative-sticky balances partitions, "
+        "not stateful tasks: one instance could get all the state), else cooperative-sticky "
+        "(rebalances move only what changes).")
     consume_batch_size: int = Field(5000, ge=1, le=100_000)
     poll_timeout_ms: int = Field(100, ge=1, le=10_000)
     session_timeout_ms: int = Field(15_000, ge=3000, le=300_000)
@@ -268,6 +279,9 @@ class Settings(ConnectionSettings):
                 and not self.http_advertised_url.startswith("https://"):
             raise ValueError("http_advertised_url must be https:// when http_tls_cert_file "
                              "is set")
+        if self.workers > 1 and self.http_port and self.http_port + self.workers > 65535:
+            raise ValueError(f"http_port {self.http_port} leaves no ports for {self.workers} "
+                             "workers (they listen on http_port+1 to http_port+workers)")
         if self.http_state_max_rows > self.http_state_max_scan:
             raise ValueError("http_state_max_rows must not exceed http_state_max_scan")
         return self

@@ -56,8 +56,8 @@ from streamproc.runtime.loop import REJOIN_PATTERN, ConsumerLoop
 from streamproc.runtime.observe import InstanceListener, Listeners, LoopSample
 from streamproc.runtime.plan import (
     Plan,
+    assignor,
     control_partitions,
-    needs_colocation,
     resolve,
     upstream_tasks,
 )
@@ -94,7 +94,7 @@ class Application:
         self._assigned: set[TopicPartition] = set()
         self._policies = {t: self.compiled.source_node(t).on_error
                           for t in self.compiled.topic_subtopology}
-        self._cooperative = not needs_colocation(self.compiled)
+        self._cooperative = assignor(self.compiled, settings.partition_assignor) != "range"
         self._statedir = StateDir(settings.state_dir, self.app_id)
         self._op_timeout_s = min(30.0, settings.max_poll_interval_ms / 4000)
         self._collector: Collector | None = None

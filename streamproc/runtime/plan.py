@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from streamproc.errors import TopologyError
+from streamproc.errors import ConfigError, TopologyError
 from streamproc.graph.compile import CompiledTopology, SubTopology
 from streamproc.kafka.admin import TopicSpec
 
@@ -105,6 +105,31 @@ def resolve(compiled: CompiledTopology, admin: Topics, dlq_partitions: int = 1,
     to_create = replicate([s for s in specs if existing.get(s.name) is None])
     admin.create(to_create)
     return Plan(partitions=tasks)
+
+
+def assignor(compiled: CompiledTopology, setting: str) -> str:
+    """The partition assignment strategy the group uses (setting ``partition_assignor``).
+
+    ``auto`` picks ``range`` when the topology has a stateful sub-topology and more than one
+    sub-topology. The cooperative-sticky assignor balances *partitions*: with a stateless
+    sub-topology on the input topic and a stateful one on a repartition topic, it can give one
+    instance every stateful task (measured with wordcount: bench/balance.py), so that one
+    instance holds all the state and does most of the work. The range assignor divides each
+    topic's partitions among the members by itself, so every instance gets its share of every
+    sub-topology's tasks, at the price of eager rebalances (every task is revoked and
+    reassigned; with local state kept, a task that stays restores nothing). A topology that
+    is stateless or has one sub-topology keeps the cooperative protocol."""
+    colocated = needs_colocation(compiled)
+    if setting == "cooperative-sticky":
+        if colocated:
+            raise ConfigError("partition_assignor", "a stateful sub-topology reads several "
+                              "topics, whose same-numbered partitions must meet on one "
+                              "instance: only range guarantees that")
+        return setting
+    if setting == "range" or colocated:
+        return "range"
+    stateful = any(st.stores for st in compiled.subtopologies)
+    return "range" if stateful and len(compiled.subtopologies) > 1 else "cooperative-sticky"
 
 
 def needs_colocation(compiled: CompiledTopology) -> bool:
