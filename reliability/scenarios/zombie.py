@@ -17,12 +17,30 @@ TOLD = ("rebalance.lost", "rebalance.revoked", "checkpoint.failed", "instance.re
 SESSION_S = 6.0  # reliability.harness.INSTANCE_SETTINGS session_timeout_ms
 
 
+def holds_tasks(events: list[dict[str, Any]]) -> bool:
+    """It holds partitions (what its rebalance events gave and took, eager or incremental),
+    and a task has run since it last got some."""
+    held: set[str] = set()
+    last = 0
+    for i, e in enumerate(events):
+        kind = e.get("event")
+        if kind == "rebalance.assigned":
+            held |= set(e.get("partitions") or ())
+            last = i
+        elif kind in ("rebalance.revoked", "rebalance.lost"):
+            held -= set(e.get("partitions") or ())
+    return bool(held) and any(e.get("event") == "task.running" for e in events[last:])
+
+
 def run(ctx: Context) -> dict[str, Any]:
     records, rate, pauses = (20_000, 1_000, 1) if ctx.smoke else (300_000, 2_000, 6)
     s = steady(ctx, NAME, records, rate)
     paused_s, told = [], 0
     for k in range(pauses):
         zombie = ctx.rng.choice(s.instances)
+        # Only an instance that holds running tasks can be a zombie (CI: under the eager range
+        # assignor one was paused before its first assignment, and had nothing to be told).
+        s.wait(f"i{zombie.n} to hold running tasks", lambda z=zombie: holds_tasks(z.events()))
         before = len(zombie.events())
         # Past the session timeout and the transaction timeout (10 s): both the group and
         # the transaction coordinator give up on it.
