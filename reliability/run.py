@@ -29,7 +29,7 @@ from reliability.harness import kill_all  # noqa: E402
 from reliability.scenario import Context  # noqa: E402
 
 SCENARIOS = ("rotation", "broker_failure", "network", "zombie", "disk_full", "state_loss",
-             "broker_down")
+             "broker_down", "rescale")
 
 
 def log(msg: str) -> None:

@@ -186,3 +186,23 @@ def steady(ctx: Context, name: str, records: int, rate: float, *, instances: int
     s.feeder.start()
     s.wait("first outputs", lambda: s.out.count_records > 0)
     return s
+
+
+def held_partitions(events: list[dict[str, Any]]) -> set[str]:
+    """What an instance holds now, from its rebalance events (eager or incremental)."""
+    held: set[str] = set()
+    for e in events:
+        kind = e.get("event")
+        if kind == "rebalance.assigned":
+            held |= set(e.get("partitions") or ())
+        elif kind in ("rebalance.revoked", "rebalance.lost"):
+            held -= set(e.get("partitions") or ())
+    return held
+
+
+def holds_tasks(events: list[dict[str, Any]]) -> bool:
+    """It holds partitions, and a task has run since it last got some."""
+    last = max((i for i, e in enumerate(events) if e.get("event") == "rebalance.assigned"),
+               default=None)
+    return last is not None and bool(held_partitions(events)) \
+        and any(e.get("event") == "task.running" for e in events[last:])

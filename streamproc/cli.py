@@ -151,13 +151,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     topology = load_topology(args.topology, _params(args.param))
     bootstrap = resolve_brokers(settings)
     if settings.workers > 1:
-        return _supervise(args, settings)
+        return workers.supervise(settings, args.argv)
     workers.adopt_supervisor()
     stopping = threading.Event()
     current: list[Any] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("instance.stopping", signal=signal.Signals(signum).name)
+        if not stopping.is_set():
+            _exit_after(settings.shutdown_timeout_ms / 1000)
         stopping.set()
         if current:
             current[-1].stop()
@@ -185,29 +187,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             return code
 
 
-def _supervise(args: argparse.Namespace, settings: Settings) -> int:
-    """``--workers N``: this process supervises N ``streamproc run`` workers (and serves their
-    HTTP front) instead of running an instance itself."""
-    from streamproc.ops.front import Front
+def _exit_after(seconds: float) -> None:
+    """Bound the shutdown (``shutdown_timeout_ms``): a final checkpoint stuck in user code or on
+    an unreachable cluster must not keep a container from stopping, nor leave its orchestrator
+    to SIGKILL it without a word. Exiting is as safe as a crash: what the checkpoint had not
+    committed is replayed from the committed offsets at the next start."""
+    def expire() -> None:
+        log.error("instance.shutdown_timeout", timeout_ms=round(seconds * 1000),
+                  reason="the final checkpoint did not finish in time; the next start "
+                  "replays what it had not committed")
+        os._exit(1)
 
-    supervisor = workers.Supervisor(settings, workers.worker_command(args.argv))
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("workers.stopping", signal=signal.Signals(signum).name)
-        supervisor.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    front = None
-    if settings.http_port is not None:
-        front = Front(settings, supervisor.views)
-        port = front.start()
-        log.info("http.listening", port=port, host=settings.http_host, front=True)
-    try:
-        return supervisor.run()
-    finally:
-        if front is not None:
-            front.stop()
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 # In-place restarts after a fatal consumer error: at most this many within the window.

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from streamproc.config import Settings, flag_for
-from streamproc.ops.front import WorkerView
+from streamproc.ops.front import Front, WorkerView
 
 log = structlog.get_logger("streamproc.workers")
 
@@ -278,3 +278,26 @@ def worker_command(argv: Sequence[str]) -> list[str]:
     """The worker's command line: this same ``streamproc`` command (``argv`` without the
     program name), run by this interpreter."""
     return [sys.executable, "-m", "streamproc", *argv]
+
+
+def supervise(settings: Settings, argv: Sequence[str]) -> int:
+    """``streamproc run --workers N`` (``argv`` without the program name): this process
+    supervises the workers, and serves their HTTP front, instead of running an instance."""
+    supervisor = Supervisor(settings, worker_command(argv))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("workers.stopping", signal=signal.Signals(signum).name)
+        supervisor.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    front = None
+    if settings.http_port is not None:
+        front = Front(settings, supervisor.views)
+        port = front.start()
+        log.info("http.listening", port=port, host=settings.http_host, front=True)
+    try:
+        return supervisor.run()
+    finally:
+        if front is not None:
+            front.stop()

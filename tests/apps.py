@@ -152,3 +152,22 @@ def regrouped_counts(app_id: str, src: str, sink: str) -> Topology:
 
 def start_and_count(window: dict[str, int]) -> list[int]:
     return [window["start"], window["value"]]
+
+
+def hanging() -> Topology:
+    """Lines in, the same out; a line ``hang`` makes the user code sleep for an hour."""
+    t = Topology(os.environ["T_APP"])
+    (t.source(os.environ["T_IN"], value=codecs.string())
+     .map(_maybe_hang, name="maybe-hang")
+     .to(os.environ["T_OUT"], value=codecs.string()))
+    return t
+
+
+def _maybe_hang(line: str) -> str:
+    if line == "hang":
+        import time
+        from pathlib import Path
+
+        Path(os.environ["T_HANG_MARK"]).write_text("hanging")
+        time.sleep(3600)
+    return line

@@ -51,7 +51,7 @@ SLOW: dict[str, float] = {
     # with --soak only (STREAMPROC_SOAK_SCALE=10)
     "test_crash.py::test_kill9_at_random_moments_soak": 400,
     "test_hostile_fuzz.py::test_hostile_input_soak": 150,
-    "test_reliability_smoke.py::test_every_scenario_is_exact[instances]": 180,
+    "test_reliability_smoke.py::test_every_scenario_is_exact[instances]": 300,
     "test_reliability_smoke.py::test_every_scenario_is_exact[brokers]": 150,
     "test_reliability_smoke.py::test_every_scenario_is_exact[io]": 280,
     "test_cluster.py": 90,
@@ -68,6 +68,7 @@ SLOW: dict[str, float] = {
     "test_windowed_crash.py::test_windowed_results_are_exact_under_repeated_kill9": 40,
     "test_bench_smoke.py::test_every_contender_produces_the_exact_expected_output[W4-all]": 37,
     "test_bounded.py": 37,
+    "test_workers.py::test_two_workers_share_the_work_and_a_killed_one_comes_back": 40,
     "test_crash.py::test_kill9_in_the_middle_of_a_restore": 35,
     "test_windowed_crash.py::test_windows_and_watermarks_move_with_their_partitions": 35,
     "test_crash.py::test_kill9_at_named_points[after_process]": 32,

@@ -9,27 +9,12 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from reliability.scenario import Context, events_count, steady
+from reliability.scenario import Context, events_count, holds_tasks, steady
 
 NAME = "zombie"
 TITLE = "Zombie: SIGSTOP past the session timeout, then SIGCONT"
 TOLD = ("rebalance.lost", "rebalance.revoked", "checkpoint.failed", "instance.recovering")
 SESSION_S = 6.0  # reliability.harness.INSTANCE_SETTINGS session_timeout_ms
-
-
-def holds_tasks(events: list[dict[str, Any]]) -> bool:
-    """It holds partitions (what its rebalance events gave and took, eager or incremental),
-    and a task has run since it last got some."""
-    held: set[str] = set()
-    last = 0
-    for i, e in enumerate(events):
-        kind = e.get("event")
-        if kind == "rebalance.assigned":
-            held |= set(e.get("partitions") or ())
-            last = i
-        elif kind in ("rebalance.revoked", "rebalance.lost"):
-            held -= set(e.get("partitions") or ())
-    return bool(held) and any(e.get("event") == "task.running" for e in events[last:])
 
 
 def run(ctx: Context) -> dict[str, Any]:

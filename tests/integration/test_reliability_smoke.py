@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.kafka, pytest.mark.crash]
 
 GROUPS = {
-    "instances": ("rotation", "zombie", "state_loss"),
+    "instances": ("rotation", "zombie", "state_loss", "rescale"),
     "brokers": ("broker_failure", "broker_down"),
     # Network namespaces need root (CAP_SYS_ADMIN) and iproute2: the CI machine has both.
     # With disk_full, not in a group of its own: a fourth cluster and three more instances at
@@ -51,6 +51,11 @@ def _check(name: str, r: dict[str, Any]) -> None:
     elif name == "disk_full":
         assert (r["exit_code"], r["disk_full_lines"], r["error_lines"], r["tracebacks"]) \
             == (1, 1, 1, 0), r
+    elif name == "rescale":
+        # 1 -> 3 -> 1: the three shared the 6 stateful tasks 2 each, and each step ended.
+        assert r["stateful_per_instance"] == [[2, 2, 2]], r
+        assert len(r["scale_out_s"]) == len(r["scale_in_s"]) == 1, r
+        assert r["instance_exits"] == 0, r
     elif name == "network":
         assert r["producer_recreated"] >= 1 and r["instance_exits"] == 0, r
         assert {k: f["count"] for k, f in r["faults"].items()} == {
