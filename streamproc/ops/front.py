@@ -73,7 +73,13 @@ def merge_metrics(texts: dict[int, str]) -> list[Metric]:
     with a ``worker`` label (the first worker's help text and type stand for the family)."""
     merged: dict[str, Metric] = {}
     for index, text in sorted(texts.items()):
-        for family in text_string_to_metric_families(text):
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:
+            # A worker's answer that does not parse (cut short as it died) is left out whole,
+            # rather than failing the scrape of every other worker.
+            continue
+        for family in families:
             into = merged.get(family.name)
             if into is None:
                 into = merged[family.name] = Metric(family.name, family.documentation,

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.kafka import io
 from streamproc.kafka.ports import free_port
@@ -90,8 +91,14 @@ def test_two_workers_share_the_work_and_a_killed_one_comes_back(kafka: str,
         assert 'streamproc_worker_restarts_total{worker="0"} 0.0' in metrics
         assert 'streamproc_worker_restarts_total{worker="1"} 1.0' in metrics
         assert 'streamproc_workers 2.0' in metrics
-        for w in ("0", "1"):  # each worker's own families, labelled with its slot
-            assert f'worker="{w}"' in metrics.split("streamproc_records_consumed_total", 1)[1]
+        # Each worker's own families, labelled with its slot: both counted records.
+        consumed: dict[str, float] = {}
+        for family in text_string_to_metric_families(metrics):
+            for sample in family.samples:
+                if sample.name == "streamproc_records_consumed_total":
+                    w = sample.labels["worker"]
+                    consumed[w] = consumed.get(w, 0.0) + sample.value
+        assert sorted(consumed) == ["0", "1"] and min(consumed.values()) > 0, consumed
     finally:
         code = app.terminate(timeout_s=90)
     assert code == 0, app.log_text()[-3000:]

@@ -162,3 +162,10 @@ def test_merge_keeps_the_first_type_when_workers_disagree() -> None:
     (family,) = merge_metrics({0: a, 1: b})
     assert family.type == "gauge"
     assert [(s.name, s.labels, s.value) for s in family.samples] == [("m", {"worker": "0"}, 1.0)]
+
+
+def test_a_worker_answer_that_does_not_parse_is_left_out_whole() -> None:
+    good = "# TYPE m gauge\nm 1.0\n"
+    cut = "# TYPE m gauge\nm 2.0\n# TYPE n gauge\nn{a=\"x"
+    (family,) = merge_metrics({0: cut, 1: good})
+    assert [(s.name, s.labels, s.value) for s in family.samples] == [("m", {"worker": "1"}, 1.0)]
