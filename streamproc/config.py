@@ -55,6 +55,10 @@ class Settings(ConnectionSettings):
         "sub-topology shares the group with others (cooperative-sticky balances partitions, "
         "not stateful tasks: one instance could get all the state), else cooperative-sticky "
         "(rebalances move only what changes).")
+    num_standby_replicas: int = Field(
+        0, ge=0, le=8, description="Warm copies of every stateful task on other instances, "
+        "kept up to date from its changelog, so a task that moves restores only the delta "
+        "(placed over the instances of the {app}-instances registry: needs http_port).")
     consume_batch_size: int = Field(5000, ge=1, le=100_000)
     poll_timeout_ms: int = Field(100, ge=1, le=10_000)
     session_timeout_ms: int = Field(15_000, ge=3000, le=300_000)
@@ -282,6 +286,10 @@ class Settings(ConnectionSettings):
         if self.workers > 1 and self.http_port and self.http_port + self.workers > 65535:
             raise ValueError(f"http_port {self.http_port} leaves no ports for {self.workers} "
                              "workers (they listen on http_port+1 to http_port+workers)")
+        if self.num_standby_replicas and (self.http_port is None or not self.http_state_enabled):
+            raise ValueError("num_standby_replicas needs the {app}-instances registry, which "
+                             "only an instance serving HTTP joins: set http_port (0: a free "
+                             "port) and keep http_state_enabled")
         if self.http_state_max_rows > self.http_state_max_scan:
             raise ValueError("http_state_max_rows must not exceed http_state_max_scan")
         return self

@@ -14,6 +14,7 @@ from streamproc.config import Settings
 from streamproc.ops.monitor import InstanceMonitor
 from streamproc.runtime.app import Application
 from streamproc.runtime.observe import InstanceListener
+from streamproc.runtime.standby import Membership, StandbyReplicas
 
 
 def application(topology: Topology, settings: Settings, *, bootstrap: str,
@@ -21,8 +22,23 @@ def application(topology: Topology, settings: Settings, *, bootstrap: str,
     """An Application with its :class:`InstanceMonitor` (status, /metrics, the HTTP server,
     queryable state) first, then ``listeners``."""
     monitor = InstanceMonitor(settings, topology.application_id)
+    extra: list[InstanceListener] = []
+    if settings.num_standby_replicas:
+        # After the monitor: its registry (queryable state) is what places the standbys.
+        extra.append(StandbyReplicas(settings.num_standby_replicas,
+                                     lambda: membership(monitor)))
     return Application(topology, settings, bootstrap=bootstrap,
-                       listeners=[monitor, *listeners])
+                       listeners=[monitor, *extra, *listeners])
+
+
+def membership(monitor: InstanceMonitor) -> Membership | None:
+    """The live instances and task owners of the monitor's ``{app}-instances`` registry, once
+    it was read to its end."""
+    query = monitor.query
+    view = query.view if query is not None else None
+    if view is None or not view.caught_up:
+        return None
+    return view.live, {tid: entry.instance for tid, entry in view.owners.items()}
 
 
 def monitor_of(app: Application) -> InstanceMonitor:

@@ -253,6 +253,7 @@ class InstanceMonitor:
             rebalances=total(counters, "rebalances_total"),
             transaction_aborts=total(counters, "transaction_aborts_total"),
             error=error if error is not None else prev.error, counters=counters,
+            gauges=dict(view.metrics.gauges),
             produced_by_partition=self._produced.totals()))
 
     def _on_producer_stats(self, raw: str) -> None:

@@ -38,6 +38,12 @@ _ENGINE_HELP = {
     "checkpoint_failures_total": "Checkpoints that failed (followed by a recovery).",
     "state_rebuilds_total": "Local stores found corrupt and rebuilt from their changelog.",
 }
+# Help for the engine's gauges (any other engine gauge gets a generic one).
+_GAUGE_HELP = {
+    "standby_lag_records": "Changelog records a standby replica has yet to apply, per task "
+                           "and store (an upper bound: transaction markers count).",
+    "standby_tasks": "Standby replicas this instance keeps (num_standby_replicas).",
+}
 # Exported in a better form elsewhere (the duration histogram).
 _ENGINE_SKIP = {"checkpoint_duration_seconds_total"}
 
@@ -72,6 +78,7 @@ class SnapshotCollector(Collector):
         board = self._board
         snap = board.snapshot
         yield from _engine_counters(snap)
+        yield from _engine_gauges(snap)
         yield from _instance(snap, board.poll_age())
         yield from _partitions(snap)
         yield from _produced(snap)
@@ -79,6 +86,20 @@ class SnapshotCollector(Collector):
         yield from _restore(snap)
         yield from _stores(snap)
         yield from _checkpoints(snap)
+
+
+def _engine_gauges(snap: Snapshot) -> Iterator[Metric]:
+    by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for (name, pairs), value in snap.gauges.items():
+        by_name.setdefault(name, []).append((dict(pairs), value))
+    for name in sorted(by_name):
+        rows = by_name[name]
+        keys = sorted({k for labels, _ in rows for k in labels})
+        fam = GaugeMetricFamily(f"streamproc_{name}", _GAUGE_HELP.get(name, f"Engine gauge "
+                                f"{name}."), labels=keys)
+        for labels, value in sorted(rows, key=lambda r: sorted(r[0].items())):
+            fam.add_metric([labels.get(k, "") for k in keys], value)
+        yield fam
 
 
 def _engine_counters(snap: Snapshot) -> Iterator[Metric]:

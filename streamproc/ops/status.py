@@ -90,6 +90,7 @@ class Snapshot:
     transaction_aborts: int = 0
     error: str | None = None
     counters: Counters = field(default_factory=dict)  # the engine's, copied
+    gauges: Counters = field(default_factory=dict)  # the engine's (standby lag), copied
     # (topic, partition) -> (records, bytes) sent by this instance's producers
     produced_by_partition: Mapping[tuple[str, int], tuple[int, int]] = field(
         default_factory=dict)
@@ -100,7 +101,7 @@ class Snapshot:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("counters", "produced_by_partition"):
+            if f.name in ("counters", "gauges", "produced_by_partition"):
                 continue
             if isinstance(v, tuple):
                 v = [asdict(x) for x in v]

@@ -168,6 +168,10 @@ class KeyValueStore:
                         path=str(self.path), error=str(exc))
 
     @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    @property
     def db(self) -> rocksdict.Rdict:
         if self._db is None:
             raise StreamprocError(f"store {self.name}[{self.partition}] is not open")
