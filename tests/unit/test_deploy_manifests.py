@@ -499,6 +499,8 @@ def exported_metric_names() -> set[str]:
         checkpoint=CheckpointStatus(1, 0, 0.02, 11, 300, 1_700_000_000_000),
         counters={(name, ()): 1.0 for name in engine_counter_names()},
         produced_by_partition={("word-counts", 0): (7, 70)},
+        gauges={("standby_tasks", ()): 1.0,
+                ("standby_lag_records", (("store", "counts"), ("task", "1_1"))): 4.0},
     )
     metrics = InstanceMetrics(StatusBoard(snap, stuck_after_s=60.0))
     metrics.observe_checkpoint(0.02, 11, 300)
@@ -619,6 +621,7 @@ def test_every_metric_the_dashboard_queries_is_exported() -> None:
         "streamproc_late_records_total",
         "streamproc_state_sst_bytes",
         "streamproc_rebalances_total",
+        "streamproc_standby_lag_records",
     } <= set(used)
 
 
