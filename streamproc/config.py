@@ -50,6 +50,11 @@ class Settings(ConnectionSettings):
     static_membership: bool = Field(
         True, description="Join the group with group.instance.id = {app}-{instance_id}, so a "
         "restarted instance takes its partitions back without a rebalance.")
+    leave_group_on_shutdown: bool = Field(
+        False, description="On a clean stop, leave the consumer group after the final "
+        "checkpoint, so the other instances take this one's tasks at once instead of after "
+        "session_timeout_ms: for scaling in. Keep it false for restarts (rolling updates), "
+        "where a static member that stays gets its partitions back without a rebalance.")
     partition_assignor: Literal["auto", "range", "cooperative-sticky"] = Field(
         "auto", description="How the group assigns partitions. auto: range when a stateful "
         "sub-topology shares the group with others (cooperative-sticky balances partitions, "

@@ -380,6 +380,9 @@ class Application:
         if self._failed is not None and collector is not None and self._eos and self._started:
             collector.reset()  # fences and aborts the open transaction: nothing past it commits
         if self._consumer is not None:
+            loop = self._loop  # scaling in: the others take over now, not at the expiry
+            if self.settings.leave_group_on_shutdown and self._failed is None and loop is not None:
+                loop.leave_group()
             try:
                 self._consumer.close()  # revokes: the callback closes the tasks
             except KafkaException as exc:  # a consumer in a fatal state: close_all below
