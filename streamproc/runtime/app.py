@@ -397,12 +397,9 @@ class Application:
             self._restorer.close()
         if collector is not None:
             collector.close(self._op_timeout_s)
-        # Drop the clients now, not when the Application object is collected: their threads
-        # would otherwise keep reconnecting to the cluster.
         self._final = (self.processed, self.checkpoints)
-        # The coordinator and the rebalance handler refer to each other: without this the pair
-        # (and the producer and consumer they hold) would live on until a cyclic GC, its
-        # threads reconnecting to the cluster meanwhile.
+        # Drop the clients now: the coordinator and the rebalance handler refer to each other,
+        # so the pair (and its clients) would live on until a cyclic GC, threads reconnecting.
         if rebalancer is not None:
             rebalancer.barrier = None
         if self._checkpointer is not None:
