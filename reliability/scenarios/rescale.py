@@ -28,7 +28,9 @@ TITLE = "Rescale: 1 -> 3 -> 1 instances while the input flows"
 def run(ctx: Context) -> dict[str, Any]:
     records, rate, rounds = (20_000, 500, 1) if ctx.smoke else (300_000, 2_000, 3)
     app = ctx.app(NAME)
-    insts = [app.instance(n) for n in range(3)]
+    # The two added ones leave the group when they stop (a scale in): without it the group
+    # would keep their tasks for the session timeout.
+    insts = [app.instance(0)] + [app.instance(n, leave_group_on_shutdown="true") for n in (1, 2)]
     first, added = insts[0], insts[1:]
     sup = Supervisor(insts, ctx.rng, restart=False)
     sup.held |= {i.n for i in added}  # down on purpose until the scale-out
