@@ -210,6 +210,10 @@ def _server_properties(
         ("share.coordinator.state.topic.min.isr", "1"),
         # The 3 s default delays every first rebalance; pointless with one member.
         ("group.initial.rebalance.delay.ms", "0"),
+        # A killed instance's open transaction holds read_committed readers (a restore, the
+        # apps downstream) until the broker aborts it: at its timeout plus up to this check
+        # interval (10 s by default). The broker is the one place that can bound it.
+        ("transaction.abort.timed.out.transaction.cleanup.interval.ms", "1000"),
         # Topics are created explicitly (as in production); a typo must fail,
         # not silently create a 1-partition topic.
         ("auto.create.topics.enable", "false"),

@@ -1,7 +1,8 @@
 """Changelog restore, interleaved with processing.
 
 A dedicated assign-only consumer (read_committed, partition EOF on) replays each store's
-changelog from the offset stored in RocksDB to the end of the log, one WriteBatch per consumed
+changelog from the offset stored in RocksDB to the end of the log (partition EOF with no
+transaction left open before the high watermark), one WriteBatch per consumed
 batch per store. The main loop calls :meth:`Restorer.step` between processing batches, so
 tasks that are already restored keep processing while others restore.
 
@@ -45,6 +46,7 @@ class Restoring:
     start_offset: int
     progress: Progress
     next_offset: int  # past the last changelog record applied (the stored offset)
+    waiting_at: int = -1  # the stable offset an open transaction holds the restore at
 
     @property
     def records(self) -> int:
@@ -174,7 +176,7 @@ class Restorer:
                 if err is not None:
                     cur_part = -1
                     if err.code() == KafkaError._PARTITION_EOF:
-                        ended[tp] = m.offset() or 0
+                        self._eof(consumer, tp, m.offset() or 0, ended)
                     elif err.code() in (KafkaError._AUTO_OFFSET_RESET,
                                         KafkaError.OFFSET_OUT_OF_RANGE):
                         self._rebuild(tp, str(err))
@@ -236,6 +238,26 @@ class Restorer:
             acc = pending.get(tp)
             self._advance(consumer, tp, r, acc[1] if acc else 0, acc[2] if acc else 0)
         return done_tasks
+
+    def _eof(self, consumer: Consumer, tp: TopicPartition, end: int,
+             ended: dict[TopicPartition, int]) -> None:
+        """A read_committed EOF is at the last stable offset. Below the high watermark it
+        stands before a transaction still open on the changelog, which is not the end: a
+        previous owner's commit whose markers the coordinator is still writing (its input
+        offsets may already read as committed), or a dead instance's transaction that the
+        broker will abort. Ending there would run the task on state missing that commit.
+        librdkafka reports EOF again once the stable offset moves."""
+        _, high = consumer.get_watermark_offsets(KafkaTopicPartition(tp.topic, tp.partition),
+                                                 cached=True)
+        if high is None or high <= end:
+            ended[tp] = end
+            return
+        r = self._active[tp]
+        if r.waiting_at != end:
+            r.waiting_at = end
+            log.info("restore.waiting_for_transaction", task=str(r.task.id), store=r.store.name,
+                     changelog=tp.topic, partition=tp.partition, stable_offset=end,
+                     high_watermark=high)
 
     def _advance(self, consumer: Consumer, tp: TopicPartition, r: Restoring, records: int,
                  nbytes: int) -> None:

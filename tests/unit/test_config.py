@@ -306,6 +306,6 @@ def test_restore_consumer_config():
         "auto.offset.reset": "error",
         "queued.max.messages.kbytes": 131072,
         "max.partition.fetch.bytes": 8 * 1048576,
-        "fetch.wait.max.ms": 10,
+        "fetch.wait.max.ms": 50,
     }
 

@@ -167,3 +167,28 @@ def test_a_restore_without_progress_for_the_stall_timeout_fails_naming_the_store
     assert str(stalled.value) == (
         f"restore of store 'counts' from {TOPIC}[0] (task 0_0) is stuck at offset 20: "
         "restore: no progress for 30 s (after 20 records, 100 bytes)")
+
+
+def test_an_eof_before_an_open_transaction_is_not_the_end(store: KeyValueStore) -> None:
+    """read_committed EOF at the stable offset 100 while the high watermark is 151: records
+    100..149 belong to a transaction whose commit markers are still being written. The restore
+    waits (one log line, not one per EOF), applies them when they become readable, and ends
+    at the next EOF, at the high watermark, past the marker."""
+    changelog, clock = Changelog(high=151), [0.0]
+    restorer = make(changelog, clock)
+    task = FakeTask(store)
+    restorer.add(task)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        changelog.batches.append([*records(0, 100), Msg(100, eof=True)])
+        assert restorer.step(0.1) == []
+        changelog.batches.append([Msg(100, eof=True)])  # polled again, still open
+        assert restorer.step(0.1) == []
+        assert restorer.active and store.changelog_offset == 100
+        changelog.batches.append([*records(100, 150), Msg(151, eof=True)])
+        assert restorer.step(0.1) == [task]
+    assert [e["event"] for e in logs] == ["restore.waiting_for_transaction", "restore.completed"]
+    assert logs[0] == {**FIELDS, "event": "restore.waiting_for_transaction", "log_level": "info",
+                       "stable_offset": 100, "high_watermark": 151}
+    assert store.changelog_offset == 151
+    assert dict(store.items()) == {b"%04d" % o: 1 for o in range(150)}
+    assert not restorer.active
