@@ -69,7 +69,7 @@ def restore_consumer_config(settings: Settings, bootstrap: str, group_id: str) -
         "enable.auto.offset.store": False,
         "isolation.level": "read_committed",
         # The end of a changelog may be a transaction marker, so "position == high watermark"
-        # is not a reliable end; partition EOF is.
+        # is not a reliable end; partition EOF at the high watermark is (kafka/io.at_log_end).
         "enable.partition.eof": True,
         # A stored offset outside the log means the changelog was recreated: report it so the
         # store is wiped and rebuilt, rather than silently resetting into stale local state.

@@ -87,6 +87,20 @@ def committed_offsets(bootstrap: Bootstrap, group: str, topic: str,
         c.close()
 
 
+def at_log_end(consumer: Consumer, topic: str, partition: int, eof_offset: int) -> bool:
+    """Whether a partition EOF of a read_committed consumer is the end of the log.
+
+    Such an EOF is at the last stable offset. Below the high watermark it stands before a
+    transaction still open there, which is not the end: a commit whose markers the coordinator
+    is still writing (the committed input offsets may already read as stable), or a dead
+    producer's transaction the broker will abort. A reader that stops there misses that
+    commit; librdkafka reports EOF again once the stable offset moves. The high watermark is
+    the one the fetch answers carry (librdkafka caches it): no broker call."""
+    _, high = consumer.get_watermark_offsets(KafkaTopicPartition(topic, partition),
+                                             cached=True)
+    return high is None or high <= eof_offset
+
+
 def drain(consumer: Consumer, partitions: Iterable[int], topic: str, *,
           timeout_s: float, batch: int = 10_000) -> Iterator[Any]:
     """The records of the assigned ``partitions`` of ``topic`` up to each one's current end
@@ -102,7 +116,8 @@ def drain(consumer: Consumer, partitions: Iterable[int], topic: str, *,
             err = m.error()
             if err is None:
                 yield m
-            elif err.code() == KafkaError._PARTITION_EOF:
+            elif err.code() == KafkaError._PARTITION_EOF and at_log_end(
+                    consumer, topic, m.partition() or 0, m.offset() or 0):
                 pending.discard(m.partition())
 
 

@@ -24,6 +24,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from streamproc.kafka.io import at_log_end
 from streamproc.progress import Progress, Stalled
 from streamproc.runtime import faults
 from streamproc.runtime.task import Task
@@ -241,20 +242,16 @@ class Restorer:
 
     def _eof(self, consumer: Consumer, tp: TopicPartition, end: int,
              ended: dict[TopicPartition, int]) -> None:
-        """A read_committed EOF is at the last stable offset. Below the high watermark it
-        stands before a transaction still open on the changelog, which is not the end: a
-        previous owner's commit whose markers the coordinator is still writing (its input
-        offsets may already read as committed), or a dead instance's transaction that the
-        broker will abort. Ending there would run the task on state missing that commit.
-        librdkafka reports EOF again once the stable offset moves."""
-        _, high = consumer.get_watermark_offsets(KafkaTopicPartition(tp.topic, tp.partition),
-                                                 cached=True)
-        if high is None or high <= end:
+        """The restore ends at an EOF only at the end of the log (``at_log_end``): ending
+        before an open transaction could run the task on state missing a commit."""
+        if at_log_end(consumer, tp.topic, tp.partition, end):
             ended[tp] = end
             return
         r = self._active[tp]
         if r.waiting_at != end:
             r.waiting_at = end
+            _, high = consumer.get_watermark_offsets(
+                KafkaTopicPartition(tp.topic, tp.partition), cached=True)
             log.info("restore.waiting_for_transaction", task=str(r.task.id), store=r.store.name,
                      changelog=tp.topic, partition=tp.partition, stable_offset=end,
                      high_watermark=high)

@@ -38,7 +38,7 @@ from confluent_kafka.admin import AdminClient
 from streamproc.errors import InfrastructureError
 from streamproc.graph.compile import CompiledTopology
 from streamproc.kafka.clients import new_admin, new_consumer
-from streamproc.kafka.io import header_list
+from streamproc.kafka.io import at_log_end, header_list
 from streamproc.names import name_problem, topic_problem
 from streamproc.ops.reset import active_members
 from streamproc.progress import Progress, Stalled
@@ -226,8 +226,9 @@ def _drain(reader: Any, topic: str, parts: list[int], progress: Progress, ends: 
                 last[m.partition()] = m.offset()
                 yield m
             elif err.code() == KafkaError._PARTITION_EOF:
-                pending.discard(m.partition())
-                reached.append(m.partition())
+                if at_log_end(reader, topic, m.partition(), m.offset()):
+                    pending.discard(m.partition())
+                    reached.append(m.partition())
             else:
                 problem = err  # librdkafka retries; named if the read then stalls
         for p, offset in last.items():

@@ -266,19 +266,25 @@ class FakeMessage:
         return self._value
 
 
-def _eof(partition: int) -> FakeMessage:
-    return FakeMessage(partition, error=FakeError(KafkaError._PARTITION_EOF, "end"))
+def _eof(partition: int, offset: int) -> FakeMessage:
+    return FakeMessage(partition, offset, error=FakeError(KafkaError._PARTITION_EOF, "end"))
 
 
 class FakeConsumer:
-    """Returns the scripted batches in turn, then nothing; each consume() takes 10 s."""
+    """Returns the scripted batches in turn, then nothing; each consume() takes 10 s.
+    ``high``: each partition's high watermark (unknown when absent)."""
 
-    def __init__(self, clock: FakeClock, batches: list[list[FakeMessage]]) -> None:
-        self.clock, self.batches = clock, batches
+    def __init__(self, clock: FakeClock, batches: list[list[FakeMessage]],
+                 high: dict[int, int] | None = None) -> None:
+        self.clock, self.batches, self.high = clock, batches, high or {}
 
     def consume(self, _n: int, _timeout: float) -> list[FakeMessage]:
         self.clock.now += 10
         return self.batches.pop(0) if self.batches else []
+
+    def get_watermark_offsets(self, tp: Any, cached: bool = False) -> tuple[int, int]:
+        assert cached, "no broker call per EOF"
+        return 0, self.high.get(tp.partition, -1001)
 
 
 @pytest.fixture
@@ -303,11 +309,12 @@ def test_a_long_changelog_read_goes_on_while_records_come(
     its 10 offsets hold 5 records, so the total shrinks when it ends)."""
     clock = FakeClock()
     batches = [[FakeMessage(0, i)] for i in range(10)]
-    batches.append([FakeMessage(1, o) for o in (0, 2, 4, 6, 8)] + [_eof(0), _eof(1)])
+    batches.append([FakeMessage(1, o) for o in (0, 2, 4, 6, 8)] + [_eof(0, 10), _eof(1, 10)])
     ends = {("t", 0): 10, ("t", 1): 10}
     progress = Progress("savepoint.create", total=20, every_s=30, stall_s=25, clock=clock,
                         app="wc")
-    got = list(_drain(FakeConsumer(clock, batches), "t", [0, 1], progress, ends, dict(ends)))
+    got = list(_drain(FakeConsumer(clock, batches, {0: 10, 1: 10}), "t", [0, 1], progress,
+                      ends, dict(ends)))
     assert [(m.partition(), m.offset()) for m in got] == [
         *((0, i) for i in range(10)), *((1, o) for o in (0, 2, 4, 6, 8))]
     assert progress.done() == {"app": "wc", "records": 15, "bytes": 30, "seconds": 110.0,
@@ -320,6 +327,19 @@ def test_a_long_changelog_read_goes_on_while_records_come(
     assert _lines(logged, "savepoint.create.completed") == [
         {"app": "wc", "records": 15, "bytes": 30, "seconds": 110.0, "records_per_s": 0.1,
          "total": 15}]
+
+
+def test_an_eof_before_an_open_transaction_does_not_end_the_read() -> None:
+    """EOF at the stable offset 5 while the high watermark is 8: records 5 and 6 are a commit
+    whose marker (7) is still being written. The read goes on and ends at the next EOF, with
+    them: a savepoint taken right after a stop holds the last checkpoint's state."""
+    clock = FakeClock()
+    batches = [[*(FakeMessage(0, o) for o in range(5)), _eof(0, 5)], [_eof(0, 5)],
+               [FakeMessage(0, 5), FakeMessage(0, 6), _eof(0, 8)]]
+    progress = Progress("savepoint.create", total=8, stall_s=60, clock=clock)
+    got = list(_drain(FakeConsumer(clock, batches, {0: 8}), "t", [0], progress, {("t", 0): 8},
+                      {("t", 0): 8}))
+    assert [m.offset() for m in got] == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_a_changelog_read_that_gets_nowhere_fails_naming_the_partitions() -> None:
