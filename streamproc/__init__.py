@@ -2,6 +2,7 @@
 
 from streamproc import codecs
 from streamproc.api.stream import GroupedStream, Stream
+from streamproc.api.table import Table
 from streamproc.api.topology import Topology
 from streamproc.api.windowed import WindowedStream
 from streamproc.errors import (
@@ -20,6 +21,7 @@ __all__ = [
     "ProcessingFailed",
     "Stream",
     "StreamprocError",
+    "Table",
     "Topology",
     "TopologyError",
     "WindowedStream",

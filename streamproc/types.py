@@ -61,6 +61,20 @@ class Record:
         return f"Record(key={self.key!r}, value={self.value!r}, timestamp={self.timestamp})"
 
 
+class Change:
+    """A table's update of one key, flowing between table operators as a record's value:
+    ``old`` and ``new`` are the row before and after (``None``: absent)."""
+
+    __slots__ = ("new", "old")
+
+    def __init__(self, old: Any, new: Any) -> None:
+        self.old = old
+        self.new = new
+
+    def __repr__(self) -> str:
+        return f"Change(old={self.old!r}, new={self.new!r})"
+
+
 class Emitted:
     """The origin of a record a window or timer emitted on its own (not in reply to a consumed
     message): it has no topic coordinates, ``key()`` is the key's bytes (what downstream keyed

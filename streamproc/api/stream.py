@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from streamproc.api.table import Table
 from streamproc.api.topology import Topology
 from streamproc.api.windowed import WindowedStream
 from streamproc.codecs.base import Codec
@@ -25,6 +26,8 @@ from streamproc.graph.nodes import (
     RepartitionNode,
     SinkNode,
     StoreSpec,
+    StreamTableJoinNode,
+    TableNode,
 )
 from streamproc.time.windows import WindowSpec
 
@@ -170,6 +173,51 @@ class Stream:
         return GroupedStream(Stream(self._topology, node, key_codec=node.key_codec,
                                     repartition_required=False))
 
+    # -- tables and joins ----------------------------------------------------------------
+    def to_table(self, *, store: str, state: Codec | None = None,
+                 name: str | None = None) -> Table:
+        """The latest value per key of this stream, in ``store`` (changelogged like any store;
+        ``state`` is its value codec, default JSON). A ``None`` value deletes the key. The
+        stream is repartitioned first if its key changed."""
+        check_store(self._topology.application_id, store)
+        src = self._keyed(name)
+        node = TableNode(src._name("to_table", name), store=StoreSpec(store, state or JsonCodec()),
+                         key_codec=src._key_codec)
+        src._then(node)
+        return Table(self._topology, node, key_codec=src._key_codec)
+
+    def join(self, table: Table, joiner: Callable[[Any, Any], Any] | None = None, *,
+             how: str = "inner", name: str | None = None) -> Stream:
+        """Each record joined with its key's row of ``table`` as of when it is processed:
+        ``joiner(value, row)`` (default: the pair ``(value, row)``). ``how="inner"`` drops a
+        record whose key has no row; ``"left"`` joins it with ``None``. Table updates emit
+        nothing. If this stream's key changed, it is first repartitioned by the table's key
+        codec (so a key's records and its row meet in one task). docs/joins.md."""
+        if not isinstance(table, Table):
+            raise TopologyError(f"join() needs a Table (topology.table or to_table), got "
+                                f"{type(table).__name__}")
+        if table._topology is not self._topology:
+            raise TopologyError("join(): the table belongs to another topology")
+        if how not in ("inner", "left"):
+            raise TopologyError(f"a stream-table join is 'inner' or 'left', got {how!r}")
+        kc = table.key_codec or JsonCodec()
+        src = self
+        if self._repartition_required:
+            src = Stream(self._topology, self.node, key_codec=kc, repartition_required=True)
+            src = src._repartition(f"{name}.repartition" if name else None, None, None).stream
+        elif (self._key_codec or JsonCodec()).name != kc.name:
+            raise TopologyError(
+                f"join with table {table.store!r}: the stream's keys are encoded with "
+                f"{(self._key_codec or JsonCodec()).name} but the table's with {kc.name}; the "
+                "same key must have the same bytes on both sides (give the source key=... the "
+                "table's codec, or key_by(...) to repartition)")
+        node = StreamTableJoinNode(src._name("join", name), joiner=joiner or _pair, how=how)
+        node.parents.append(table.node)
+        out = src._then(node)
+        # _then appended the stream last; the stream side comes first (nodes.py).
+        node.parents.reverse()
+        return out
+
     # -- sinks ---------------------------------------------------------------------------
     def to(self, topic: str, *, key: Codec | None = None, value: Codec | None = None,
            name: str | None = None) -> None:
@@ -238,6 +286,10 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
+
+
+def _pair(value: Any, row: Any) -> tuple[Any, Any]:
+    return (value, row)
 
 
 def _zero() -> int:

@@ -13,11 +13,12 @@ from streamproc.graph.naming import (
     require_name,
     require_topic,
 )
-from streamproc.graph.nodes import Node, SourceNode, TimestampChoice
+from streamproc.graph.nodes import Node, SourceNode, StoreSpec, TableNode, TimestampChoice
 from streamproc.types import ErrorPolicy
 
 if TYPE_CHECKING:  # Stream imports Topology at runtime; this one-way hint avoids a cycle.
     from streamproc.api.stream import Stream
+    from streamproc.api.table import Table
 
 _POLICIES = ("dead_letter", "skip", "fail")
 _TIMESTAMPS = ("create_time", "log_append_time", "processing_time")
@@ -106,6 +107,39 @@ class Topology:
         )
         self._add(node)
         return Stream(self, node, key_codec=key_codec, repartition_required=False)
+
+    def table(
+        self,
+        topic: str,
+        *,
+        store: str,
+        key: Codec | None = None,
+        value: Codec | None = None,
+        timestamp: TimestampChoice = "create_time",
+        on_error: ErrorPolicy | None = None,
+        name: str | None = None,
+    ) -> Table:
+        """The latest value per key of ``topic`` (usually compacted), materialized per
+        partition in the RocksDB store ``store``. A record with a null value deletes its key.
+
+        The topic is the store's changelog: nothing is copied to a changelog topic, a restore
+        reads the topic up to the group's committed offset, and a partition without a
+        committed offset is read from its beginning whatever ``auto_offset_reset`` says. A task
+        that starts holds the streams it joins with the table until the table has read what its
+        topic held at that moment (docs/joins.md). Records that fail to decode follow
+        ``on_error`` and are skipped by a restore too."""
+        from streamproc.api.table import Table
+
+        require_name("store", store)
+        src = self.source(topic, key=key, value=value, timestamp=timestamp, on_error=on_error,
+                          name=name or f"{store}.source")
+        assert isinstance(src.node, SourceNode)
+        spec = StoreSpec(store, src.node.value_codec or JsonCodec(), source_topic=topic)
+        node = TableNode(self._name("table", f"{store}.table"), store=spec,
+                         key_codec=src.node.key_codec)
+        node.parents.append(src.node)
+        self._add(node)
+        return Table(self, node, key_codec=src.node.key_codec)
 
     def describe(self) -> dict[str, Any]:
         return {"application_id": self.application_id,

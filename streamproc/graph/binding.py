@@ -22,7 +22,9 @@ def bind_codecs(compiled: CompiledTopology, registry: RegistrySettings | None) -
     since a store's values outlive any topic and must decode without a registry."""
     for st in compiled.subtopologies:
         for spec in st.stores:
-            if _needs_binding(spec.value_codec):
+            # A table's store holds its topic's bytes as written: it decodes them with the
+            # source's (bound) codec, like the topic itself (runtime/task.py).
+            if spec.source_topic is None and _needs_binding(spec.value_codec):
                 raise TopologyError(
                     f"state store {spec.name!r}: codec {spec.value_codec.name} needs a schema "
                     "registry and a topic; state values need a self-describing codec, e.g. "

@@ -81,6 +81,9 @@ class CompiledTopology:
     repartition_topics: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)
     # store name -> (sub-topology id, changelog topic)
     changelog_topics: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # store name -> (sub-topology id, source topic) of tables whose topic is their changelog:
+    # never created, written, purged or deleted by streamproc (it is a user topic)
+    table_sources: dict[str, tuple[int, str]] = field(default_factory=dict)
     # every source topic (user and internal) -> sub-topology id reading it
     topic_subtopology: dict[str, int] = field(default_factory=dict)
     # topics that window operators send late records to (internal, created at start)
@@ -107,6 +110,7 @@ class CompiledTopology:
             "subtopologies": [st.describe() for st in self.subtopologies],
             "repartition_topics": sorted(self.repartition_topics),
             "changelog_topics": sorted(t for _, t in self.changelog_topics.values()),
+            "table_sources": {s: t for s, (_, t) in sorted(self.table_sources.items())},
             "late_topics": self.late_topics,
             "watermark_propagation": self.watermark_propagation,
         }
@@ -184,8 +188,11 @@ def compile_topology(topology: Topology) -> CompiledTopology:
                 raise TopologyError(f"store name {spec.name!r} is used twice")
             store_names.add(spec.name)
             stores.append(spec)
-            compiled.changelog_topics[spec.name] = (
-                sid, changelog_topic(topology.application_id, spec.name))
+            if spec.source_topic is not None:
+                compiled.table_sources[spec.name] = (sid, spec.source_topic)
+            else:
+                compiled.changelog_topics[spec.name] = (
+                    sid, changelog_topic(topology.application_id, spec.name))
         for m in ordered:
             if isinstance(m, WindowNode) and m.late == "side_output":
                 assert m.late_topic is not None

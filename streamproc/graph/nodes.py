@@ -27,6 +27,9 @@ class StoreSpec:
 
     name: str
     value_codec: Codec
+    # A table read from a topic: that topic is the store's changelog (no second copy). Restore
+    # reads it up to the group's committed offset; RocksDB holds the records' bytes as written.
+    source_topic: str | None = None
 
 
 @dataclass(eq=False)
@@ -237,6 +240,77 @@ class SinkNode(Node):
         return {**super().describe(), "topic": self.topic,
                 "key_codec": _codec_name(self.key_codec),
                 "value_codec": _codec_name(self.value_codec)}
+
+
+@dataclass(eq=False)
+class TableNode(Node):
+    """Materializes the latest value per key into ``store`` and emits each change as a
+    :class:`~streamproc.types.Change` (old and new value; ``None`` is absent). A null value is
+    a tombstone: the key is deleted. ``source_topic`` is set for ``topology.table(topic)``,
+    whose topic is the store's changelog."""
+
+    store: StoreSpec | None = None
+    key_codec: Codec | None = None
+
+    @property
+    def stores(self) -> list[StoreSpec]:
+        return [self.store] if self.store is not None else []
+
+    def describe(self) -> dict[str, Any]:
+        assert self.store is not None
+        return {**super().describe(), "store": self.store.name,
+                "source_topic": self.store.source_topic}
+
+
+@dataclass(eq=False)
+class TableFilterNode(Node):
+    """A table view keeping the rows whose ``fn(value)`` is true; a row that stops passing is
+    a deletion downstream."""
+
+    fn: Callable[[Any], bool] = lambda v: True
+
+
+@dataclass(eq=False)
+class TableMapValuesNode(Node):
+    """A table view whose values are ``fn(value)``."""
+
+    fn: Callable[[Any], Any] = lambda v: v
+
+
+@dataclass(eq=False)
+class ToStreamNode(Node):
+    """A table's changes as a stream: the new value per update, ``None`` (a tombstone) per
+    deletion."""
+
+
+@dataclass(eq=False)
+class StreamTableJoinNode(Node):
+    """``parents[0]`` is the stream, ``parents[1]`` the table (a view chain ending at a
+    :class:`TableNode`). Each stream record looks its key up in the table as of its
+    processing; only the stream side emits. ``how``: ``inner`` drops records without a row,
+    ``left`` joins them with ``None``."""
+
+    joiner: Callable[[Any, Any], Any] = lambda v, row: (v, row)
+    how: str = "inner"
+
+    @property
+    def kind(self) -> str:
+        return f"join_{self.how}"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "how": self.how, "table": self.parents[1].name}
+
+
+def table_root(node: Node) -> tuple[TableNode, list[Node]]:
+    """The materialized table behind a table view and the views from it to ``node``, in the
+    order they apply."""
+    views: list[Node] = []
+    while not isinstance(node, TableNode):
+        if not isinstance(node, TableFilterNode | TableMapValuesNode):
+            raise TypeError(f"{node.name!r} ({node.kind}) is not a table")
+        views.append(node)
+        node = node.parents[0]
+    return node, views[::-1]
 
 
 def _codec_name(codec: Codec | None) -> str | None:

@@ -21,7 +21,7 @@ import orjson
 from streamproc.codecs.base import Codec
 from streamproc.codecs.basic import JsonCodec, RawCodec
 from streamproc.graph.compile import CompiledTopology
-from streamproc.graph.nodes import AggregateNode, ProcessNode, WindowNode
+from streamproc.graph.nodes import AggregateNode, ProcessNode, TableNode, WindowNode
 from streamproc.kafka.partitioner import partition_for
 from streamproc.state.store import KeyValueStore
 from streamproc.state.windowed import WindowState, split_window_key
@@ -71,7 +71,7 @@ def catalog(compiled: CompiledTopology) -> dict[str, StoreInfo]:
     out: dict[str, StoreInfo] = {}
     for st in compiled.subtopologies:
         for node in st.nodes:
-            if isinstance(node, AggregateNode) and node.store is not None:
+            if isinstance(node, AggregateNode | TableNode) and node.store is not None:
                 out[node.store.name] = StoreInfo(
                     node.store.name, "key-value", st.id, node.name,
                     node.key_codec or RawCodec(), node.store.value_codec)

@@ -82,6 +82,8 @@ class Checkpointer:
             for topic, partition, payload, headers in controls:
                 collector.send(topic, None, payload, wall, list(headers), partition)
             for t, name, recs in changes:
+                if name in t.source_backed:
+                    continue  # a table's topic is its changelog
                 topic = t.changelog_topics[name]
                 for key, value in recs:
                     collector.send_changelog(topic, t.partition, key, value)
@@ -90,8 +92,9 @@ class Checkpointer:
             else:
                 collector.flush()
             for t, name, recs in changes:
-                t.stores[name].commit(recs, collector.changelog_next(t.changelog_topics[name],
-                                                                     t.partition))
+                at = t.table_offset(name) if name in t.source_backed else \
+                    collector.changelog_next(t.changelog_topics[name], t.partition)
+                t.stores[name].commit(recs, at)
             if self.guarantee == "at_least_once" and offsets:
                 consumer.commit(offsets=offset_list(offsets, collector.offset_metadata),
                                 asynchronous=False)
@@ -116,11 +119,11 @@ class Checkpointer:
         self.count += 1
         self._metrics.inc("checkpoints_total")
         self._metrics.inc("checkpoint_duration_seconds_total", secs)
-        records = sum(len(r) for _, _, r in changes)
+        sent = [recs for t, name, recs in changes if name not in t.source_backed]
+        records = sum(len(r) for r in sent)
         self._listeners.checkpointed(CheckpointDone(
             reason, secs, len(offsets), records,
-            sum(len(k) + (len(v) if v is not None else 0)
-                for _, _, recs in changes for k, v in recs)))
+            sum(len(k) + (len(v) if v is not None else 0) for recs in sent for k, v in recs)))
         log.debug("checkpoint.committed", reason=reason, partitions=len(offsets),
                   changelog_records=records, seconds=round(secs, 4))
         return True

@@ -152,6 +152,8 @@ class ConsumerLoop:
                     rebalancer.restored(task)
             if rebalancer.unstarted:
                 rebalancer.start_deferred()
+            if rebalancer.bootstrap.active:
+                rebalancer.release_held()
             if self.rejoin_once is not None and rebalancer.assignments:
                 rejoin, self.rejoin_once = self.rejoin_once, None
                 log.info("rebalance.rejoin", reason="first assignment of a static member")

@@ -29,6 +29,11 @@ from streamproc.graph.nodes import (
     RepartitionNode,
     SinkNode,
     SourceNode,
+    StreamTableJoinNode,
+    TableFilterNode,
+    TableMapValuesNode,
+    TableNode,
+    ToStreamNode,
     WindowNode,
 )
 from streamproc.runtime.context import Push, SourcePush, TaskContext
@@ -39,6 +44,13 @@ from streamproc.runtime.limits import (
 from streamproc.runtime.process import MUTABLE, build_process
 from streamproc.runtime.sinks import sink
 from streamproc.runtime.sources import source, timed_source
+from streamproc.runtime.tables import (
+    stream_table_join,
+    table,
+    table_filter,
+    table_map_values,
+    to_stream,
+)
 from streamproc.runtime.windowing import WindowOperator
 from streamproc.types import Record
 
@@ -63,7 +75,7 @@ def build_pipeline(st: SubTopology, ctx: TaskContext,
             arms = sorted((c for c in children if isinstance(c, ArmNode)), key=lambda a: a.index)
             push_of[node.name] = _branch(node, [push_of[a.name] for a in arms], ctx)
             continue
-        down = _fanout([push_of[c.name] for c in children])
+        down = _fanout([_input(c, node, push_of) for c in children])
         if isinstance(node, SourceNode):
             for topic in node.topics:
                 if per_record or track_time or node.internal:
@@ -73,6 +85,14 @@ def build_pipeline(st: SubTopology, ctx: TaskContext,
         else:
             push_of[node.name] = _build(node, down, ctx, max_record_bytes)
     return entries
+
+
+def _input(child: Node, parent: Node, push_of: dict[str, Push]) -> Push:
+    """What ``parent`` pushes to ``child``: a stream-table join takes its stream side only
+    (the table's changes emit nothing; it looks rows up in the table's store)."""
+    if isinstance(child, StreamTableJoinNode) and child.parents[1] is parent:
+        return _drop
+    return push_of[child.name]
 
 
 def _fanout(downs: list[Push]) -> Push:
@@ -107,6 +127,16 @@ def _build(node: Node, down: Push, ctx: TaskContext, max_bytes: int) -> Push:
         return build_process(node, down, ctx)
     if isinstance(node, WindowNode):
         return WindowOperator(node, down, ctx).push
+    if isinstance(node, TableNode):
+        return table(node, down, ctx)
+    if isinstance(node, TableFilterNode):
+        return table_filter(node, down, ctx)
+    if isinstance(node, TableMapValuesNode):
+        return table_map_values(node, down, ctx)
+    if isinstance(node, ToStreamNode):
+        return to_stream(node, down, ctx)
+    if isinstance(node, StreamTableJoinNode):
+        return stream_table_join(node, down, ctx)
     if isinstance(node, ArmNode | MergeNode):
         return down
     if isinstance(node, SinkNode | RepartitionNode):

@@ -80,6 +80,15 @@ def resolve(compiled: CompiledTopology, admin: Topics, dlq_partitions: int = 1,
                 specs.append(TopicSpec(topic, want, REPARTITION_CONFIG))
             else:
                 sources[topic] = counts[topic]
+        tables = [t for name, (sid, t) in compiled.table_sources.items() if sid == st.id]
+        if tables and len(set(sources.values())) > 1:
+            detail = ", ".join(f"{t} has {n}" for t, n in sources.items())
+            raise TopologyError(
+                f"table {', '.join(tables)} is joined with topics of another partition count "
+                f"({detail}): a key's row and its records must be in the same partition "
+                "number, so every topic of a join needs the same number of partitions (and "
+                "the same partitioner); repartition the stream with group_by(...) "
+                "partitions=..., or recreate a topic")
         if st.stores and len(set(sources.values())) > 1:
             detail = ", ".join(f"{t}={n}" for t, n in sources.items())
             raise TopologyError(
@@ -90,6 +99,8 @@ def resolve(compiled: CompiledTopology, admin: Topics, dlq_partitions: int = 1,
         tasks[st.id] = n
         counts.update(sources)
         for spec in st.stores:
+            if spec.source_topic is not None:
+                continue  # a table's topic is its changelog (a user topic, never created)
             topic = compiled.changelog_topics[spec.name][1]
             have = existing.get(topic)
             if have is not None and have != n:

@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.kafka import offsets
 from streamproc.metrics import Metrics
+from streamproc.runtime.bootstrap import TableBootstrap
 from streamproc.runtime.observe import Listeners
 from streamproc.runtime.restore import Restorer
 from streamproc.runtime.strays import StrayPartitions
@@ -75,6 +76,7 @@ class Rebalancer:
         self.assignments = 0
         # Tasks whose start found the consumer between two assignments (see start_task).
         self.unstarted: set[TaskId] = set()
+        self.bootstrap = TableBootstrap(consumer, op_timeout_s)
 
     # -- tasks ---------------------------------------------------------------------------------
     def create_task(self, tid: TaskId) -> None:
@@ -83,9 +85,20 @@ class Rebalancer:
         if wiped:
             self._metrics.inc("state_rebuilds_total", len(wiped), task=str(tid))
         self.tasks[tid] = task
-        self.restorer.add(task)
+        self.restorer.add(task, self._table_ends(task))
         if not self.restorer.is_restoring(task):
             self.restored(task)  # nothing to restore
+
+    def _table_ends(self, task: Task) -> dict[str, int]:
+        """Per table of ``task`` read from its topic: the committed offset there, where its
+        restore ends (none committed: the table starts empty)."""
+        if not task.source_backed:
+            return {}
+        stores = {tp: name for name, tp in task.source_backed.items()}
+        got = offsets.committed(
+            self.consumer, [KafkaTopicPartition(t, p) for t, p in stores], self._timeout_s)
+        return {stores[TopicPartition(c.topic, c.partition)]: c.offset for c in got
+                if c.offset >= 0}
 
     def task_partitions(self, task: Task) -> list[TopicPartition]:
         return [TopicPartition(t, task.partition) for t in task.subtopology.source_topics
@@ -116,8 +129,12 @@ class Rebalancer:
                 tp = TopicPartition(c.topic, c.partition)
                 if c.offset >= 0:
                     positions[tp] = c.offset
+                # A table without a committed offset reads its whole topic, whatever
+                # auto_offset_reset says: its rows are all its topic holds.
+                start = OFFSET_BEGINNING if tp in task.source_backed.values() else \
+                    self._start_at(tp)
                 consumer.seek(KafkaTopicPartition(
-                    c.topic, c.partition, c.offset if c.offset >= 0 else self._start_at(tp)))
+                    c.topic, c.partition, c.offset if c.offset >= 0 else start))
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._STATE:
                 raise
@@ -133,7 +150,8 @@ class Rebalancer:
         task.next_offsets.update(positions)
         task.mark_committed(positions)
         task.start()
-        consumer.resume([KafkaTopicPartition(tp.topic, tp.partition) for tp in tps])
+        resume = self.bootstrap.start(task, tps, positions)
+        consumer.resume([KafkaTopicPartition(tp.topic, tp.partition) for tp in resume])
         log.info("task.running", task=str(task.id), partitions=[f"{t}[{p}]" for t, p in tps],
                  committed=[positions.get(tp) for tp in tps])
 
@@ -147,7 +165,16 @@ class Rebalancer:
                 continue
             self.start_task(task)
 
+    def release_held(self) -> None:
+        """Resume the streams of tasks whose tables have caught up (runtime/bootstrap.py)."""
+        held = {(p.topic, p.partition) for p in self.consumer.assignment()}
+        for task, tps in self.bootstrap.release():
+            if self.tasks.get(task.id) is task:
+                self.consumer.resume([KafkaTopicPartition(t, p) for t, p in tps
+                                      if (t, p) in held and TopicPartition(t, p) in self.assigned])
+
     def close_task(self, task: Task) -> None:
+        self.bootstrap.forget(task)
         self.unstarted.discard(task.id)
         self.restorer.remove(task)
         task.close()
@@ -156,6 +183,7 @@ class Rebalancer:
     def close_all(self) -> None:
         self.unstarted.clear()
         for task in list(self.tasks.values()):
+            self.bootstrap.forget(task)
             task.close()
         self.tasks.clear()
 

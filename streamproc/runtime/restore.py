@@ -27,6 +27,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from streamproc.kafka.io import at_log_end
 from streamproc.progress import Progress, Stalled
 from streamproc.runtime import faults
+from streamproc.runtime.tables import restorable
 from streamproc.runtime.task import Task
 from streamproc.state.store import KeyValueStore
 from streamproc.types import TopicPartition
@@ -48,6 +49,10 @@ class Restoring:
     progress: Progress
     next_offset: int  # past the last changelog record applied (the stored offset)
     waiting_at: int = -1  # the stable offset an open transaction holds the restore at
+    # A table read from its topic: the restore ends at the group's committed offset (what
+    # the table held at the last checkpoint), skipping the records ``accepts`` refuses.
+    end: int | None = None
+    accepts: Callable[[Any], bool] | None = None
 
     @property
     def records(self) -> int:
@@ -108,17 +113,36 @@ class Restorer:
         """The changelog partitions being restored, in order, with their progress."""
         return sorted(self._active.items())
 
-    def add(self, task: Task) -> None:
-        """Start restoring every store of ``task`` (a task without stores is ready at once)."""
+    def add(self, task: Task, table_ends: dict[str, int] | None = None) -> None:
+        """Start restoring every store of ``task`` (a task without stores is ready at once).
+        ``table_ends``: per table read from its topic, the group's committed offset there
+        (absent: none yet, the table is empty)."""
         assigns = []
         for name, store in task.stores.items():
             tp = TopicPartition(task.changelog_topics[name], task.partition)
             start = store.changelog_offset
-            self._active[tp] = Restoring(task, store, start, self._progress(task, name, tp),
-                                         start)
+            end: int | None = None
+            if name in task.source_backed:
+                end = (table_ends or {}).get(name, 0)
+                if start > end:
+                    # Rows past the committed offset: the group's offsets were reset (or an
+                    # at-least-once commit was cut short). They must not meet the replay.
+                    log.warning("restore.table_ahead_of_offsets_wiped", task=str(task.id),
+                                store=name, stored_offset=start, committed_offset=end)
+                    store.wipe()
+                    store.open()
+                    start = 0
+                if start >= end:
+                    log.debug("restore.table_current", task=str(task.id), store=name,
+                              offset=start)
+                    continue
+            self._active[tp] = Restoring(
+                task, store, start, self._progress(task, name, tp), start, end=end,
+                accepts=restorable(task.table_source(name)) if end is not None else None)
             assigns.append(KafkaTopicPartition(tp.topic, tp.partition, start))
             log.info("restore.started", task=str(task.id), store=name, changelog=tp.topic,
-                     partition=tp.partition, from_offset=start)
+                     partition=tp.partition, from_offset=start,
+                     **({"to_offset": end} if end is not None else {}))
         if assigns:
             if self._wall_start is None:
                 self._wall_start = self._clock()
@@ -156,6 +180,8 @@ class Restorer:
         cur_part = -1
         tp = TopicPartition("", -1)
         acc: list[Any] | None = None  # [batch, records, bytes] of the current run's partition
+        tables: dict[TopicPartition, list[Any]] = {}  # runs of tables read from their topic
+        collect: Any = None
         put: Any = None
         delete: Any = None
         last_m: Any = None
@@ -170,7 +196,7 @@ class Restorer:
                     last[tp] = last_m.offset()
                 cur_topic, cur_part, count, size = topic, part or 0, 0, 0
                 tp = TopicPartition(topic or "", part or 0)
-                acc = None
+                acc = collect = None
                 if tp not in self._active:
                     cur_part = -1
                     continue  # a late message for a store we stopped restoring
@@ -183,15 +209,22 @@ class Restorer:
                         self._rebuild(tp, str(err))
                         pending.pop(tp, None)
                         last.pop(tp, None)
+                        tables.pop(tp, None)
                     else:
                         log.warning("restore.consume_error", changelog=tp.topic,
                                     partition=tp.partition, error=str(err))
+                    continue
+                if self._active[tp].end is not None:
+                    collect = tables.setdefault(tp, []).append
+                    collect(m)
                     continue
                 acc = pending.get(tp)
                 if acc is None:
                     acc = pending[tp] = [self._active[tp].store.restore_batch(), 0, 0]
                 put, delete = acc[0].put, acc[0].delete
             elif acc is None:
+                if collect is not None:
+                    collect(m)
                 continue  # the rest of a run we skip (not restoring that partition)
             key = m.key()
             if key is None:
@@ -209,6 +242,8 @@ class Restorer:
             acc[1] += count
             acc[2] += size
             last[tp] = last_m.offset()
+        for tp, run in tables.items():
+            self._table_run(tp, run, pending, last, ended)
         for tp, (batch, n, _) in pending.items():
             if n:
                 r = self._active[tp]
@@ -240,10 +275,54 @@ class Restorer:
             self._advance(consumer, tp, r, acc[1] if acc else 0, acc[2] if acc else 0)
         return done_tasks
 
+    def _table_run(self, tp: TopicPartition, msgs: list[Any],
+                   pending: dict[TopicPartition, list[Any]], last: dict[TopicPartition, int],
+                   ended: dict[TopicPartition, int]) -> None:
+        """Records of a table's topic: those below the committed offset that its source
+        accepted become rows (the bytes as they are); the restore ends at that offset."""
+        r = self._active[tp]
+        assert r.end is not None and r.accepts is not None
+        accepts, end = r.accepts, r.end
+        acc = pending.get(tp)
+        if acc is None:
+            acc = pending[tp] = [r.store.restore_batch(), 0, 0]
+        batch = acc[0]
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            offset = m.offset()
+            if offset >= end:
+                ended[tp] = end
+                break
+            last[tp] = offset
+            key = m.key()
+            if not accepts(m):
+                continue
+            value = m.value()
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+                acc[2] += len(value)
+            acc[2] += len(key)
+            acc[1] += 1
+        if tp in last and last[tp] + 1 >= end:
+            ended[tp] = end
+        if tp in last and not acc[1]:
+            # Only refused records: the offset still moves past them.
+            r.next_offset = last[tp] + 1
+            r.store.apply_restore_batch(batch, r.next_offset)
+
     def _eof(self, consumer: Consumer, tp: TopicPartition, end: int,
              ended: dict[TopicPartition, int]) -> None:
         """The restore ends at an EOF only at the end of the log (``at_log_end``): ending
-        before an open transaction could run the task on state missing a commit."""
+        before an open transaction could run the task on state missing a commit. A table
+        read from its topic ends at the committed offset, which lies before any open
+        transaction, or at the log's end if the topic is shorter (recreated)."""
+        table_end = self._active[tp].end
+        if table_end is not None and end >= table_end:
+            ended[tp] = table_end
+            return
         if at_log_end(consumer, tp.topic, tp.partition, end):
             ended[tp] = end
             return
@@ -263,6 +342,8 @@ class Restorer:
         _, high = consumer.get_watermark_offsets(KafkaTopicPartition(tp.topic, tp.partition),
                                                  cached=True)
         # The offsets left include transaction markers, so "remaining" is an upper bound.
+        if r.end is not None:
+            high = r.end
         r.progress.set_total(r.records + records + max(high - r.next_offset, 0)
                              if high is not None and high >= 0 else None)
         try:

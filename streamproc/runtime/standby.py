@@ -159,9 +159,12 @@ class StandbyReplicas:
         s = view.settings
         plan = view.tasks_per_subtopology
         for st in view.compiled.subtopologies:
-            if st.stores and st.id in plan:
+            # A table read from its topic has no changelog to tail: a failover restores it
+            # from the topic up to the committed offset (docs/joins.md).
+            specs = [spec for spec in st.stores if spec.source_topic is None]
+            if specs and st.id in plan:
                 self._stateful[st.id] = plan[st.id]
-                self._store_specs[st.id] = list(st.stores)
+                self._store_specs[st.id] = specs
         self._changelog = {name: topic for name, (_, topic)
                            in view.compiled.changelog_topics.items()}
         self._config = {**restore_consumer_config(s, view.bootstrap, view.app_id),

@@ -7,7 +7,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from streamproc.codecs.base import Codec
 from streamproc.graph.compile import SubTopology
+from streamproc.graph.nodes import SourceNode, StoreSpec
 from streamproc.runtime.context import SourcePush, TimedOperator
 from streamproc.runtime.limits import (
     UNBOUNDED,
@@ -18,6 +20,7 @@ from streamproc.runtime.limits import (
 )
 from streamproc.runtime.operators import build_pipeline
 from streamproc.state.store import KeyValueStore
+from streamproc.state.table import SourceTableStore
 from streamproc.time.watermarks import (
     CONTROL_HEADER,
     CONTROL_MAC_HEADER,
@@ -78,13 +81,19 @@ class Task:
         self.subtopology = subtopology
         self.partition = task_id.partition
         self.state = TaskState.RESTORING
+        # Tables read from a topic: that topic partition is the store's changelog.
+        self.source_backed: dict[str, TopicPartition] = {
+            spec.name: TopicPartition(spec.source_topic, task_id.partition)
+            for spec in subtopology.stores if spec.source_topic is not None}
         self.stores: dict[str, KeyValueStore] = {
-            spec.name: KeyValueStore(
+            spec.name: (SourceTableStore if spec.source_topic else KeyValueStore)(
                 spec.name, task_id.partition, app_dir / spec.name / str(task_id.partition),
-                spec.value_codec, cache_max_keys=cache_max_keys)
+                _store_codec(subtopology, spec), cache_max_keys=cache_max_keys)
             for spec in subtopology.stores
         }
-        self.changelog_topics = {name: changelog_topic(name) for name in self.stores}
+        self.changelog_topics = {name: self.source_backed[name].topic
+                                 if name in self.source_backed else changelog_topic(name)
+                                 for name in self.stores}
         self.next_offsets: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self.producer = producer
@@ -204,14 +213,33 @@ class Task:
             if snap is not None:
                 self.stores[name].put(TIME_KEY, snap)
         changes = {name: s.prepare() for name, s in self.stores.items() if s.dirty_count}
+        for name, tp in self.source_backed.items():
+            # The table's offset moves with its topic even when no row changed (records that
+            # were dead-lettered, deletes of absent keys): a restore need not read them again.
+            if name not in changes and self.next_offsets.get(tp, -1) > \
+                    self.stores[name].changelog_offset:
+                changes[name] = []
         limit = self.max_record_bytes
         for name, recs in changes.items():
+            if name in self.source_backed:
+                continue  # its records are already in their topic: nothing is written
             for key, value in recs:
                 # Cheap first test: most values are far below the limit.
                 if value is not None and len(value) + len(key) > limit - 1024 and \
                         (size := record_size(key, value)) > limit:
                     self.oversized.append((self.id, name, key, size))
         return changes
+
+    def table_source(self, store: str) -> SourceNode:
+        """The source node reading the topic of table ``store``."""
+        topic = self.source_backed[store].topic
+        return next(s for s in self.subtopology.sources if topic in s.topics)
+
+    def table_offset(self, store: str) -> int | None:
+        """The offset a table's rows reflect after this checkpoint: the next offset of its
+        topic partition (None for a store with a changelog of its own)."""
+        tp = self.source_backed.get(store)
+        return None if tp is None else self.next_offsets.get(tp)
 
     def control_records(self) -> list[ControlRecord]:
         """This task's watermark for every partition of every repartition topic it writes (sent
@@ -227,3 +255,12 @@ class Task:
                        (CONTROL_MAC_HEADER, control_mac(self._control_key, topic, payload))]
             out.extend((topic, p, payload, headers) for p in range(n))
         return out
+
+
+def _store_codec(st: SubTopology, spec: StoreSpec) -> Codec:
+    """A table's rows decode with its source's codec as bound at start (a registry codec is
+    bound in place, after the StoreSpec was made); any other store uses its own."""
+    if spec.source_topic is None:
+        return spec.value_codec
+    node = next(s for s in st.sources if spec.source_topic in s.topics)
+    return node.value_codec or spec.value_codec

@@ -253,6 +253,8 @@ def _stores(reader: Consumer, compiled: CompiledTopology, meta: dict[str, Any], 
     watermarks: dict[str, dict[str, Any]] = {}
     for st in compiled.subtopologies:
         for spec in st.stores:
+            if spec.source_topic is not None:
+                continue  # a table read from its topic: restored from it, not saved
             changelog = compiled.changelog_topics[spec.name][1]
             parts = _partitions(meta, changelog)
             files: dict[int, FileInfo] = {}

@@ -30,6 +30,7 @@ from streamproc.graph.nodes import (
     ProcessNode,
     RepartitionNode,
     SinkNode,
+    TableNode,
     WindowNode,
 )
 from streamproc.metrics import Metrics
@@ -37,6 +38,7 @@ from streamproc.runtime.deadletter import dead_letter
 from streamproc.runtime.limits import StateGuard, TimeBounds
 from streamproc.runtime.operators import MAX_RECORD_BYTES
 from streamproc.runtime.plan import control_partitions, resolve, upstream_tasks
+from streamproc.runtime.tables import restorable
 from streamproc.runtime.task import Task
 from streamproc.state.windowed import WindowStateCodec, split_window_key
 from streamproc.testing.memory import Cluster, MemoryAdmin, Message
@@ -282,6 +284,19 @@ class TopologyTestDriver:
         for name, store in task.stores.items():
             log = self.cluster.ensure(task.changelog_topics[name])[task.partition]
             start = store.changelog_offset
+            if name in task.source_backed:
+                # A table's topic is its changelog, read up to the committed offset (as
+                # runtime/restore.py does), skipping what its source did not accept.
+                end = self.committed.get(task.source_backed[name], 0)
+                if start > end:
+                    store.wipe()
+                    store.open()
+                    start = 0
+                accepts = restorable(task.table_source(name))
+                if start < end:
+                    store.apply_changelog([(m.key() or b"", m.value()) for m in log[start:end]
+                                           if accepts(m)], end)
+                continue
             if start < len(log):
                 store.apply_changelog([(m.key() or b"", m.value()) for m in log[start:]],
                                       len(log))
@@ -295,7 +310,10 @@ class TopologyTestDriver:
         processed = False
         for tid in sorted(self.tasks):
             task = self.tasks[tid]
-            for topic in task.subtopology.source_topics:
+            # Tables first, as the instance holds a task's streams until its tables have read
+            # their topics (runtime/bootstrap.py): a stream record sees the rows before it.
+            tables = {tp.topic for tp in task.source_backed.values()}
+            for topic in sorted(task.subtopology.source_topics, key=lambda t: t not in tables):
                 tp = TopicPartition(topic, tid.partition)
                 log = self.cluster.ensure(topic)[tid.partition]
                 pos = self.positions[tp]
@@ -341,6 +359,8 @@ class TopologyTestDriver:
             self.cluster.produce(topic, payload, None, partition, timestamp=self.clock,
                                  headers=list(headers))
         for t, name, recs in changes:
+            if name in t.source_backed:
+                continue  # a table's topic is its changelog
             for key, value in recs:
                 self.cluster.produce(t.changelog_topics[name], value, key, t.partition,
                                      timestamp=self.clock)
@@ -350,7 +370,8 @@ class TopologyTestDriver:
         if not write_stores:
             return True
         for t, name, recs in changes:
-            t.stores[name].commit(recs, ends.get((t.changelog_topics[name], t.partition)))
+            t.stores[name].commit(recs, t.table_offset(name) if name in t.source_backed
+                                  else ends.get((t.changelog_topics[name], t.partition)))
         for t in tasks:
             t.mark_committed({tp: o for tp, o in offsets.items() if tp in t.next_offsets})
         return True
@@ -392,17 +413,18 @@ class TopologyTestDriver:
         return TestRecord(m.topic(), m.partition(), m.offset(), key, value, m.timestamp()[1],
                           headers)
 
-    def _store_owner(self, store: str) -> AggregateNode | WindowNode | ProcessNode:
+    def _store_owner(self, store: str) -> AggregateNode | WindowNode | ProcessNode | TableNode:
         for node in self.topology.nodes:
-            if isinstance(node, AggregateNode | WindowNode | ProcessNode) and node.store \
-                    is not None and node.store.name == store:
+            if isinstance(node, AggregateNode | WindowNode | ProcessNode | TableNode) and \
+                    node.store is not None and node.store.name == store:
                 return node
+        names = sorted([*self.compiled.changelog_topics, *self.compiled.table_sources])
         raise KeyError(f"no store named {store!r} in {self.compiled.application_id} (stores: "
-                       f"{sorted(self.compiled.changelog_topics)})")
+                       f"{names})")
 
     @staticmethod
-    def _state_entry(node: AggregateNode | WindowNode | ProcessNode, codec: Codec, k: bytes,
-                     v: Any) -> tuple[Any, Any]:
+    def _state_entry(node: AggregateNode | WindowNode | ProcessNode | TableNode, codec: Codec,
+                     k: bytes, v: Any) -> tuple[Any, Any]:
         key_codec = node.key_codec
         decode = key_codec.decode if key_codec is not None else (lambda b: b)
         if isinstance(codec, WindowStateCodec) and isinstance(node, WindowNode):
