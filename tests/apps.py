@@ -171,3 +171,20 @@ def _maybe_hang(line: str) -> str:
         Path(os.environ["T_HANG_MARK"]).write_text("hanging")
         time.sleep(3600)
     return line
+
+
+def enrichment() -> Topology:
+    """Payments (key = customer) left-joined with the customers table (T_TABLE, key = customer,
+    JSON ``{"tier": ...}``); the table's changes go to T_CHANGES."""
+    t = Topology(os.environ["T_APP"])
+    customers = t.table(os.environ["T_TABLE"], store="customers", key=codecs.string())
+    (t.source(os.environ["T_IN"], key=codecs.string())
+     .join(customers, with_tier, how="left")
+     .to(os.environ["T_OUT"], key=codecs.string()))
+    customers.to_stream().to(os.environ["T_CHANGES"], key=codecs.string())
+    return t
+
+
+def with_tier(payment: dict[str, object], customer: dict[str, object] | None
+              ) -> dict[str, object]:
+    return {**payment, "tier": customer["tier"] if customer is not None else None}

@@ -49,6 +49,7 @@ class FakeTask:
         self.subtopology = SimpleNamespace(source_topics=["in"])
         self.next_offsets: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
+        self.source_backed: dict[str, TopicPartition] = {}
         self.started = 0
 
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:

@@ -44,6 +44,9 @@ class Msg:
     def value(self) -> bytes | None:
         return self._value
 
+    def headers(self) -> None:
+        return None
+
 
 class Changelog:
     """The restore consumer: each consume() serves the next scripted batch."""
@@ -76,6 +79,7 @@ class FakeTask:
         self.partition = 0
         self.stores = {"counts": store}
         self.changelog_topics = {"counts": TOPIC}
+        self.source_backed: dict[str, object] = {}
 
 
 def records(start: int, stop: int) -> list[Msg]:
@@ -192,3 +196,86 @@ def test_an_eof_before_an_open_transaction_is_not_the_end(store: KeyValueStore) 
     assert store.changelog_offset == 151
     assert dict(store.items()) == {b"%04d" % o: 1 for o in range(150)}
     assert not restorer.active
+
+
+class TableTask(FakeTask):
+    """A task whose store ``counts`` is a table read from the topic TOPIC (its changelog)."""
+
+    def __init__(self, store: KeyValueStore) -> None:
+        super().__init__(store)
+        from streamproc.graph.nodes import SourceNode
+        from streamproc.types import TopicPartition
+
+        self.source_backed = {"counts": TopicPartition(TOPIC, 0)}
+        self._source = SourceNode("counts.source", topics=(TOPIC,), key_codec=codecs.raw(),
+                                  value_codec=codecs.json())
+
+    def table_source(self, store: str) -> Any:
+        return self._source
+
+
+def test_a_table_restores_from_its_topic_up_to_the_committed_offset_only(
+        store: KeyValueStore) -> None:
+    changelog, clock = Changelog(high=10), [0.0]
+    restorer = make(changelog, clock)
+    task = TableTask(store)
+    restorer.add(task, {"counts": 6})  # type: ignore[arg-type]
+    assert changelog.assigned == [(TOPIC, 0, 0)]
+    changelog.batches.append([
+        Msg(0, b"a", b"1"), Msg(1, b"b", b"{bad json"),  # refused by the source: skipped
+        Msg(2, None, b"3"),  # no key: not a row
+        Msg(3, b"c", b" 4"),  # kept as written (not re-encoded)
+        Msg(4, b"a", None),  # a tombstone
+        Msg(5, b"d", b"6"), Msg(6, b"e", b"7"), Msg(7, b"f", b"8")])  # past the commit
+    assert restorer.step(0.1) == [task]
+    assert dict(store.db.items()) == {b"c": b" 4", b"d": b"6"}
+    assert store.changelog_offset == 6
+    assert not restorer.active
+
+
+def test_a_table_at_its_committed_offset_restores_nothing(store: KeyValueStore) -> None:
+    store.commit([(b"a", b"1")], 6)
+    changelog = Changelog(high=10)
+    restorer = make(changelog, [0.0])
+    restorer.add(TableTask(store), {"counts": 6})  # type: ignore[arg-type]
+    assert changelog.assigned == [] and not restorer.active
+
+
+def test_a_table_ahead_of_the_committed_offset_is_rebuilt(store: KeyValueStore) -> None:
+    # Rows past the group's offset (offsets reset): they must not meet the replayed stream.
+    store.commit([(b"a", b"1"), (b"z", b"26")], 8)
+    changelog = Changelog(high=10)
+    restorer = make(changelog, [0.0])
+    task = TableTask(store)
+    with capture_logs() as logs:
+        restorer.add(task, {"counts": 2})  # type: ignore[arg-type]
+    assert [e["event"] for e in logs][:1] == ["restore.table_ahead_of_offsets_wiped"]
+    assert changelog.assigned == [(TOPIC, 0, 0)]
+    changelog.batches.append([Msg(0, b"a", b"1"), Msg(1, b"b", b"2"), Msg(2, b"c", b"3")])
+    assert restorer.step(0.1) == [task]
+    assert dict(store.db.items()) == {b"a": b"1", b"b": b"2"}
+    assert store.changelog_offset == 2
+
+
+def test_a_table_without_a_committed_offset_starts_empty(store: KeyValueStore) -> None:
+    changelog = Changelog(high=10)
+    restorer = make(changelog, [0.0])
+    restorer.add(TableTask(store), {})  # type: ignore[arg-type]
+    assert changelog.assigned == [] and not restorer.active
+    assert dict(store.db.items()) == {}
+
+
+def test_a_table_restore_ends_at_an_eof_at_its_committed_offset(store: KeyValueStore) -> None:
+    # The committed offset sits past a transaction marker: the last record is at 3, the EOF
+    # (the position after the marker) at 5 = the committed offset.
+    changelog = Changelog(high=5)
+    restorer = make(changelog, [0.0])
+    task = TableTask(store)
+    restorer.add(task, {"counts": 5})  # type: ignore[arg-type]
+    changelog.batches.append([Msg(2, b"a", b"1"), Msg(3, b"b", b"2")])
+    assert restorer.step(0.1) == []
+    assert store.changelog_offset == 4
+    changelog.batches.append([Msg(5, eof=True)])
+    assert restorer.step(0.1) == [task]
+    assert store.changelog_offset == 5
+    assert dict(store.db.items()) == {b"a": b"1", b"b": b"2"}
