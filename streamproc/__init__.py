@@ -2,7 +2,7 @@
 
 from streamproc import codecs
 from streamproc.api.stream import GroupedStream, Stream
-from streamproc.api.table import Table
+from streamproc.api.table import GlobalTable, Table
 from streamproc.api.topology import Topology
 from streamproc.api.windowed import WindowedStream
 from streamproc.errors import (
@@ -17,6 +17,7 @@ from streamproc.time import windows
 __all__ = [
     "CodecError",
     "ConfigError",
+    "GlobalTable",
     "GroupedStream",
     "ProcessingFailed",
     "Stream",

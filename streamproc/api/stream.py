@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from streamproc.api.table import Table
+from streamproc.api.table import GlobalTable, Table
 from streamproc.api.topology import Topology
 from streamproc.api.windowed import WindowedStream
 from streamproc.codecs.base import Codec
@@ -26,6 +26,7 @@ from streamproc.graph.nodes import (
     RepartitionNode,
     SinkNode,
     StoreSpec,
+    StreamGlobalJoinNode,
     StreamTableJoinNode,
     TableNode,
 )
@@ -186,20 +187,32 @@ class Stream:
         src._then(node)
         return Table(self._topology, node, key_codec=src._key_codec)
 
-    def join(self, table: Table, joiner: Callable[[Any, Any], Any] | None = None, *,
-             how: str = "inner", name: str | None = None) -> Stream:
+    def join(self, table: Table | GlobalTable, joiner: Callable[[Any, Any], Any] | None = None,
+             *, how: str = "inner", key: Callable[[Any], Any] | None = None,
+             name: str | None = None) -> Stream:
         """Each record joined with its key's row of ``table`` as of when it is processed:
         ``joiner(value, row)`` (default: the pair ``(value, row)``). ``how="inner"`` drops a
         record whose key has no row; ``"left"`` joins it with ``None``. Table updates emit
         nothing. If this stream's key changed, it is first repartitioned by the table's key
-        codec (so a key's records and its row meet in one task). docs/joins.md."""
-        if not isinstance(table, Table):
-            raise TopologyError(f"join() needs a Table (topology.table or to_table), got "
-                                f"{type(table).__name__}")
-        if table._topology is not self._topology:
-            raise TopologyError("join(): the table belongs to another topology")
+        codec (so a key's records and its row meet in one task). With a global table, ``key``
+        computes the row's key from the value (default: the record's key) and nothing is
+        repartitioned. docs/joins.md."""
         if how not in ("inner", "left"):
             raise TopologyError(f"a stream-table join is 'inner' or 'left', got {how!r}")
+        if isinstance(table, GlobalTable):
+            if table._topology is not self._topology:
+                raise TopologyError("join(): the table belongs to another topology")
+            gnode = StreamGlobalJoinNode(self._name("join", name), table=table.spec, key=key,
+                                         joiner=joiner or _pair, how=how)
+            return self._then(gnode)
+        if not isinstance(table, Table):
+            raise TopologyError(f"join() needs a Table (topology.table, to_table or "
+                                f"global_table), got {type(table).__name__}")
+        if table._topology is not self._topology:
+            raise TopologyError("join(): the table belongs to another topology")
+        if key is not None:
+            raise TopologyError("join(key=...) is for global tables: a table's rows are found "
+                                "by the record's key (key_by(...) first to change it)")
         kc = table.key_codec or JsonCodec()
         src = self
         if self._repartition_required:

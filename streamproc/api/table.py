@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamproc.codecs.base import Codec
 from streamproc.graph.nodes import (
+    GlobalTableSpec,
     Node,
     TableFilterNode,
     TableMapValuesNode,
@@ -81,3 +82,20 @@ class Table:
 
     def __repr__(self) -> str:
         return f"Table({self.node.name!r}, store={self.store!r})"
+
+
+class GlobalTable:
+    """``topology.global_table(topic)``: the whole topic on every instance, read before any
+    task starts and followed while the instance runs. Joined by a key computed from each
+    stream record (``stream.join(table, key=...)``): no co-partitioning, no repartition."""
+
+    def __init__(self, topology: Topology, spec: GlobalTableSpec) -> None:
+        self._topology = topology
+        self.spec = spec
+
+    @property
+    def store(self) -> str:
+        return self.spec.store
+
+    def __repr__(self) -> str:
+        return f"GlobalTable({self.spec.topic!r}, store={self.store!r})"

@@ -13,12 +13,19 @@ from streamproc.graph.naming import (
     require_name,
     require_topic,
 )
-from streamproc.graph.nodes import Node, SourceNode, StoreSpec, TableNode, TimestampChoice
+from streamproc.graph.nodes import (
+    GlobalTableSpec,
+    Node,
+    SourceNode,
+    StoreSpec,
+    TableNode,
+    TimestampChoice,
+)
 from streamproc.types import ErrorPolicy
 
 if TYPE_CHECKING:  # Stream imports Topology at runtime; this one-way hint avoids a cycle.
     from streamproc.api.stream import Stream
-    from streamproc.api.table import Table
+    from streamproc.api.table import GlobalTable, Table
 
 _POLICIES = ("dead_letter", "skip", "fail")
 _TIMESTAMPS = ("create_time", "log_append_time", "processing_time")
@@ -43,6 +50,7 @@ class Topology:
         # like Kafka Streams' stream time (for comparison; skewed inputs then lose records).
         self.watermark_propagation = watermark_propagation
         self.nodes: list[Node] = []
+        self.global_tables: list[GlobalTableSpec] = []
         self._counter = 0
 
     # -- naming --------------------------------------------------------------------------
@@ -141,9 +149,31 @@ class Topology:
         self._add(node)
         return Table(self, node, key_codec=src.node.key_codec)
 
+    def global_table(self, topic: str, *, store: str, key: Codec | None = None,
+                     value: Codec | None = None,
+                     on_error: ErrorPolicy | None = None) -> GlobalTable:
+        """Every partition of ``topic`` (usually compacted), the latest value per key, on every
+        instance, in the RocksDB store ``store``. Read to its end before any task of the
+        instance starts, then followed as the instance runs; the topic is its changelog.
+        Joined by a key computed from the stream record, so the stream needs no
+        co-partitioning (docs/joins.md). Not part of a checkpoint: a replay sees the table as
+        it is then. Undecodable records follow ``on_error`` (dead letters at least once)."""
+        from streamproc.api.table import GlobalTable
+
+        require_topic("global table topic", topic)
+        require_name("store", store)
+        policy = on_error or self.on_error
+        _check_policy(policy)
+        if any(g.store == store for g in self.global_tables):
+            raise TopologyError(f"store name {store!r} is used twice")
+        spec = GlobalTableSpec(store, topic, key or RawCodec(), value or JsonCodec(), policy)
+        self.global_tables.append(spec)
+        return GlobalTable(self, spec)
+
     def describe(self) -> dict[str, Any]:
         return {"application_id": self.application_id,
-                "nodes": [n.describe() for n in self.nodes]}
+                "nodes": [n.describe() for n in self.nodes],
+                "global_tables": [g.describe() for g in self.global_tables]}
 
     def __repr__(self) -> str:
         return f"Topology({self.application_id!r}, {len(self.nodes)} nodes)"

@@ -7,19 +7,25 @@ ever see ready codecs and an unreachable registry or a refused schema stops the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from streamproc.codecs.base import Codec
 from streamproc.codecs.registry import CodecTarget, RegistrySettings
 from streamproc.errors import TopologyError
 from streamproc.graph.compile import CompiledTopology
-from streamproc.graph.nodes import RepartitionNode, SinkNode, SourceNode
+from streamproc.graph.nodes import RepartitionNode, SinkNode, SourceNode, StreamGlobalJoinNode
 
 
 def bind_codecs(compiled: CompiledTopology, registry: RegistrySettings | None) -> None:
     """Replace every bindable codec of sources, sinks and repartition topics by its bound copy
     (in place). State stores must use self-describing codecs: a registry codec there is refused,
-    since a store's values outlive any topic and must decode without a registry."""
+    since a store's values outlive any topic and must decode without a registry. Tables read
+    from a topic hold its bytes, so they decode with the topic's codecs, bound like a source's."""
+    for name, g in list(compiled.global_tables.items()):
+        key, value = (_bound(codec, g.topic, fld, registry)
+                      for codec, fld in ((g.key_codec, "key"), (g.value_codec, "value")))
+        compiled.global_tables[name] = replace(g, key_codec=key, value_codec=value)
     for st in compiled.subtopologies:
         for spec in st.stores:
             # A table's store holds its topic's bytes as written: it decodes them with the
@@ -30,6 +36,8 @@ def bind_codecs(compiled: CompiledTopology, registry: RegistrySettings | None) -
                     "registry and a topic; state values need a self-describing codec, e.g. "
                     "codecs.avro(schema, framing='single_object') or codecs.json()")
         for node in st.nodes:
+            if isinstance(node, StreamGlobalJoinNode) and node.table is not None:
+                node.table = compiled.global_tables[node.table.store]
             if isinstance(node, SourceNode):
                 # Decoding reads the writer schema id from each record; the subject (from the
                 # first topic) only matters for encoding, which sources never do.
@@ -43,6 +51,12 @@ def _bind_node(node: Any, topic: str, registry: RegistrySettings | None) -> None
         codec = getattr(node, attr)
         if _needs_binding(codec):
             setattr(node, attr, codec.bind(CodecTarget(topic, _field(fld), registry)))
+
+
+def _bound(codec: Any, topic: str, fld: str, registry: RegistrySettings | None) -> Codec:
+    if not _needs_binding(codec):
+        return codec  # type: ignore[no-any-return]
+    return codec.bind(CodecTarget(topic, _field(fld), registry))  # type: ignore[no-any-return]
 
 
 def _field(name: str) -> Literal["key", "value"]:

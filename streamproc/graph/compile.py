@@ -14,6 +14,7 @@ from streamproc.codecs.basic import RawCodec
 from streamproc.errors import TopologyError
 from streamproc.graph.naming import changelog_topic, check_compiled
 from streamproc.graph.nodes import (
+    GlobalTableSpec,
     Node,
     RepartitionNode,
     SinkNode,
@@ -86,6 +87,8 @@ class CompiledTopology:
     table_sources: dict[str, tuple[int, str]] = field(default_factory=dict)
     # every source topic (user and internal) -> sub-topology id reading it
     topic_subtopology: dict[str, int] = field(default_factory=dict)
+    # global tables by store name: read whole by every instance, outside the sub-topologies
+    global_tables: dict[str, GlobalTableSpec] = field(default_factory=dict)
     # topics that window operators send late records to (internal, created at start)
     late_topics: list[str] = field(default_factory=list)
     # downstream watermark = min over upstream tasks' watermarks (control records)
@@ -112,6 +115,7 @@ class CompiledTopology:
             "changelog_topics": sorted(t for _, t in self.changelog_topics.values()),
             "table_sources": {s: t for s, (_, t) in sorted(self.table_sources.items())},
             "late_topics": self.late_topics,
+            "global_tables": [g.describe() for g in self.global_tables.values()],
             "watermark_propagation": self.watermark_propagation,
         }
 
@@ -227,6 +231,10 @@ def compile_topology(topology: Topology) -> CompiledTopology:
         upstream = compiled.subtopologies[up]
         src.max_out_of_orderness_ms = upstream.max_out_of_orderness_ms
         src.idle_timeout_ms = upstream.idle_timeout_ms
+    for g in topology.global_tables:
+        if g.store in store_names:
+            raise TopologyError(f"store name {g.store!r} is used twice")
+        compiled.global_tables[g.store] = g
     check_compiled(topology.application_id, nodes, compiled)
     return compiled
 

@@ -301,6 +301,43 @@ class StreamTableJoinNode(Node):
         return {**super().describe(), "how": self.how, "table": self.parents[1].name}
 
 
+@dataclass(frozen=True, eq=False)
+class GlobalTableSpec:
+    """``topology.global_table(topic)``: every partition of ``topic``, on every instance, in
+    the RocksDB store ``store`` (``{state_dir}/{app}/{store}/global``); the topic is its
+    changelog. Not part of any sub-topology: it has no tasks, only lookups."""
+
+    store: str
+    topic: str
+    key_codec: Codec
+    value_codec: Codec
+    on_error: ErrorPolicy = "dead_letter"
+
+    def describe(self) -> dict[str, Any]:
+        return {"store": self.store, "topic": self.topic, "key_codec": self.key_codec.name,
+                "value_codec": self.value_codec.name, "on_error": self.on_error}
+
+
+@dataclass(eq=False)
+class StreamGlobalJoinNode(Node):
+    """Each stream record looks ``key(value)`` (default: its own key) up in a global table
+    and is joined with that row as the instance holds it now (``inner`` / ``left``)."""
+
+    table: GlobalTableSpec | None = None
+    key: Callable[[Any], Any] | None = None
+    joiner: Callable[[Any, Any], Any] = lambda v, row: (v, row)
+    how: str = "inner"
+
+    @property
+    def kind(self) -> str:
+        return f"join_global_{self.how}"
+
+    def describe(self) -> dict[str, Any]:
+        assert self.table is not None
+        return {**super().describe(), "how": self.how, "global_table": self.table.store,
+                "key": "extractor" if self.key is not None else "record key"}
+
+
 def table_root(node: Node) -> tuple[TableNode, list[Node]]:
     """The materialized table behind a table view and the views from it to ``node``, in the
     order they apply."""

@@ -43,14 +43,14 @@ from streamproc.runtime.bounded import Bounded
 from streamproc.runtime.checkpoint import Checkpointer, now_ms
 from streamproc.runtime.collector import Collector
 from streamproc.runtime.deadletter import dead_letter
+from streamproc.runtime.globals import GlobalTables, for_instance
 from streamproc.runtime.limits import (
     DEFAULT_MAX_RECORD_BYTES,
     OutputTime,
     StateGuard,
     TimeBounds,
+    resolve_limits,
     sized,
-    write_limits,
-    written_topics,
 )
 from streamproc.runtime.loop import REJOIN_PATTERN, ConsumerLoop
 from streamproc.runtime.observe import InstanceListener, Listeners, LoopSample
@@ -117,6 +117,8 @@ class Application:
         self._control_key = control_key(
             self.app_id, secret.get_secret_value().encode() if secret is not None else None)
         self._strays = StrayPartitions(self._on_error, self.metrics.inc)
+        self._globals = GlobalTables({}, self._statedir.path, consumer=None,
+                                     on_error=self._on_error)  # replaced at start
         self._started = True  # False once a start failed: nothing to fence or commit
 
     # -- public -------------------------------------------------------------------------------
@@ -273,8 +275,12 @@ class Application:
                 factor, stop=self._stop) if factor is not None and specs else 0))
         self._resolve_limits()
         self._statedir.lock()
-        marker = self._from_savepoint(plan) if s.from_savepoint is not None else None
         instance = self._statedir.instance_id(s.instance_id)
+        self._globals = for_instance(self.compiled, s, self.bootstrap, self._statedir.path,
+                                     f"{self.app_id}-{instance}", self.metrics,
+                                     self.max_record_bytes)
+        self._globals.start(admin.partitions, self.app_id, self._stop, self._op_timeout_s)
+        marker = self._from_savepoint(plan) if s.from_savepoint is not None else None
         txid = f"{self.app_id}-{instance}" if self._eos else None
         collector = self._collector = Collector(
             lambda: self.listeners.producer_config(sized(
@@ -319,7 +325,7 @@ class Application:
             timed=any(st.time_aware or st.repartition_sinks
                       for st in self.compiled.subtopologies),
             admin=self._admin, policy=self._bounded, metrics=self.metrics,
-            listeners=self.listeners, stop=self._stop)
+            listeners=self.listeners, stop=self._stop, global_tables=self._globals)
         topics = list(self.compiled.topic_subtopology)
         consumer.subscribe(topics, on_assign=rebalancer.on_assign,
                            on_revoke=rebalancer.on_revoke, on_lost=rebalancer.on_lost)
@@ -336,19 +342,9 @@ class Application:
         return True
 
     def _resolve_limits(self) -> None:
-        """``max_record_bytes`` and the output timestamp ranges, from the configuration of every
-        topic this instance writes (a record over either would fail its whole transaction at
-        the broker, and the replay would fail the same way: a crash loop)."""
         assert self._admin is not None
-        self.max_record_bytes, self._output_time = write_limits(
-            self._admin.configs(written_topics(self.compiled)), self.settings.max_record_bytes,
-            int(self.settings.producer_config.get("message.max.bytes",
-                                                  DEFAULT_MAX_RECORD_BYTES)))
-        log.info("instance.limits", max_record_bytes=self.max_record_bytes,
-                 min_timestamp_ms=self.settings.min_timestamp_ms,
-                 max_future_skew_ms=self.settings.max_future_skew_ms,
-                 output_timestamp_limits={t: [o.before_ms, o.after_ms]
-                                          for t, o in self._output_time.items()})
+        self.max_record_bytes, self._output_time = resolve_limits(self._admin, self.settings,
+                                                                  self.compiled)
 
     def _from_savepoint(self, plan: Plan) -> str:
         """Seed this application from ``from_savepoint`` (once: savepoints/apply.py); returns
@@ -406,6 +402,7 @@ class Application:
             self._checkpointer.reopen = _nothing
         self._collector = self._restorer = self._admin = self._consumer = None
         self._bounded = self._loop = self._checkpointer = self._rebalancer = None
+        self._globals.close()
         self._statedir.unlock()
         log.info("instance.stopped", app=self.app_id, processed=self.processed,
                  checkpoints=self.checkpoints, failed=self._failed is not None)
@@ -427,8 +424,7 @@ class Application:
             upstream_tasks=upstream_tasks(self.compiled, st, self._plan.partitions),
             control_partitions=control_partitions(self.compiled, st, self._plan.partitions),
             time_bounds=self._time_bounds, output_time=self._output_time, guard=self._guard,
-            control_key=self._control_key,
-        )
+            control_key=self._control_key, global_tables=self._globals.stores)
 
     def _start_at(self, tp: TopicPartition) -> int:
         """Where a partition without a committed offset starts: ``from_datetime``'s offset for a

@@ -53,6 +53,9 @@ class TaskContext(Protocol):
 
     def store(self, name: str) -> KeyValueStore: ...
 
+    def global_store(self, name: str) -> KeyValueStore:
+        """A global table's store (shared by every task of the instance; read only)."""
+
     def producer(self) -> tuple[Callable[..., None], Callable[[], None]]:
         """The hot path's ``(produce, wait_for_room)``: confluent-kafka's ``Producer.produce``
         (inside the current transaction under exactly-once) and what to call on BufferError.

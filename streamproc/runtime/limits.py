@@ -25,6 +25,8 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from streamproc.errors import StreamprocError
 from streamproc.types import Headers, TaskId
 
@@ -37,6 +39,8 @@ HEADER_OVERHEAD = 10
 DEFAULT_MAX_RECORD_BYTES = 1_000_000
 RESERVED_PREFIX = "streamproc."
 INT64_MAX = 2**63 - 1
+
+log = structlog.get_logger(__name__)
 
 
 class RecordTooLarge(StreamprocError):
@@ -303,3 +307,18 @@ class StateGuard:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._keys.values())
+
+
+def resolve_limits(admin: Any, settings: Any, compiled: Any) -> tuple[int, dict[str, OutputTime]]:
+    """``max_record_bytes`` and the output timestamp ranges, from the configuration of every
+    topic the instance writes (a record over either would fail its whole transaction at the
+    broker, and the replay would fail the same way: a crash loop)."""
+    max_bytes, output_time = write_limits(
+        admin.configs(written_topics(compiled)), settings.max_record_bytes,
+        int(settings.producer_config.get("message.max.bytes", DEFAULT_MAX_RECORD_BYTES)))
+    log.info("instance.limits", max_record_bytes=max_bytes,
+             min_timestamp_ms=settings.min_timestamp_ms,
+             max_future_skew_ms=settings.max_future_skew_ms,
+             output_timestamp_limits={t: [o.before_ms, o.after_ms]
+                                      for t, o in output_time.items()})
+    return max_bytes, output_time

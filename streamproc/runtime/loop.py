@@ -25,6 +25,7 @@ from streamproc.metrics import Metrics
 from streamproc.runtime import faults
 from streamproc.runtime.checkpoint import Checkpointer, now_ms
 from streamproc.runtime.collector import Collector
+from streamproc.runtime.globals import GlobalTables
 from streamproc.runtime.observe import Listeners
 from streamproc.runtime.rebalance import Rebalancer
 from streamproc.runtime.restore import Restorer
@@ -70,7 +71,7 @@ class ConsumerLoop:
                  restorer: Restorer, rebalancer: Rebalancer, checkpointer: Checkpointer,
                  topic_subtopology: Mapping[str, int], timed: bool, admin: TopicAdmin | None,
                  policy: RunPolicy | None, metrics: Metrics, listeners: Listeners,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, global_tables: GlobalTables | None = None) -> None:
         self.settings = settings
         self.consumer = consumer
         self.collector = collector
@@ -84,6 +85,7 @@ class ConsumerLoop:
         self._metrics = metrics
         self._listeners = listeners
         self._stop = stop
+        self._globals = global_tables if global_tables else None
         self._amo = settings.processing_guarantee == "at_most_once"
         self.processed = 0
         # A static member that restarts gets, without a rebalance, the assignment the group
@@ -140,6 +142,8 @@ class ConsumerLoop:
             # visible only when it commits, so a late barrier is added latency.
             wait = 0.0 if restorer.active else min(poll_s, next_checkpoint - time.monotonic())
             msgs = self._consume(s.consume_batch_size, max(wait, 0.0))
+            if self._globals is not None:
+                self._globals.step()  # rows that arrived meanwhile, before the batch's lookups
             if msgs and policy is not None:
                 msgs = policy.admit(msgs)  # nothing at or past a bound
             if msgs:

@@ -29,6 +29,7 @@ from streamproc.graph.nodes import (
     RepartitionNode,
     SinkNode,
     SourceNode,
+    StreamGlobalJoinNode,
     StreamTableJoinNode,
     TableFilterNode,
     TableMapValuesNode,
@@ -45,6 +46,7 @@ from streamproc.runtime.process import MUTABLE, build_process
 from streamproc.runtime.sinks import sink
 from streamproc.runtime.sources import source, timed_source
 from streamproc.runtime.tables import (
+    stream_global_join,
     stream_table_join,
     table,
     table_filter,
@@ -137,6 +139,8 @@ def _build(node: Node, down: Push, ctx: TaskContext, max_bytes: int) -> Push:
         return to_stream(node, down, ctx)
     if isinstance(node, StreamTableJoinNode):
         return stream_table_join(node, down, ctx)
+    if isinstance(node, StreamGlobalJoinNode):
+        return stream_global_join(node, down, ctx)
     if isinstance(node, ArmNode | MergeNode):
         return down
     if isinstance(node, SinkNode | RepartitionNode):

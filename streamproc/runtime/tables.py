@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from streamproc.errors import NullKeyError
+from streamproc.errors import InfrastructureError, NullKeyError
 from streamproc.graph.nodes import (
     Node,
     SourceNode,
+    StreamGlobalJoinNode,
     StreamTableJoinNode,
     TableFilterNode,
     TableMapValuesNode,
@@ -195,8 +196,45 @@ def restorable(node: SourceNode) -> Callable[[Origin], bool]:
             value = m.value()
             if value is not None:
                 vdec(value)
+        except InfrastructureError:
+            raise  # a registry that cannot be reached: the record may well be a row
         except Exception:
             return False
         return True
 
     return accepts
+
+
+def stream_global_join(node: StreamGlobalJoinNode, down: Push, ctx: TaskContext) -> Push:
+    """Each record joined with the global table's row of ``key(value)`` (or of its own key),
+    as the instance holds the table now."""
+    assert node.table is not None
+    store = ctx.global_store(node.table.store)
+    get, extract, encode = store.get, node.key, node.table.key_codec.encode
+    joiner, inner, where, on_error = node.joiner, node.how == "inner", node.name, ctx.on_error
+
+    def push(batch: list[Record]) -> None:
+        out: list[Record] = []
+        append = out.append
+        for r in batch:
+            try:
+                if extract is None:
+                    kb = r.origin.key()
+                else:
+                    k = extract(r.value)
+                    kb = None if k is None else encode(k)
+                row = get(kb) if kb is not None else None
+                if row is None:
+                    if inner:
+                        continue
+                elif type(row) in MUTABLE:
+                    row = row.copy()
+                value = joiner(r.value, row)
+            except Exception as exc:
+                on_error(r.origin, exc, where)
+                continue
+            append(Record(r.key, value, r.timestamp, r.origin))
+        if out:
+            down(out)
+
+    return push

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class Task:
         output_time: dict[str, OutputTime] | None = None,
         guard: StateGuard | None = None,
         control_key: bytes = b"",
+        global_tables: Mapping[str, KeyValueStore] | None = None,
     ) -> None:
         """``upstream_tasks``: per repartition topic this task reads, how many upstream tasks
         write watermarks into it (empty: watermark propagation is off). ``control_partitions``:
@@ -100,6 +101,7 @@ class Task:
         self.produced = produced
         self.on_error = on_error
         self._entries: dict[str, SourcePush] = {}
+        self._globals = global_tables or {}
         self._max_record_bytes = max_record_bytes
         self.max_record_bytes = max_record_bytes
         self.time_bounds = time_bounds if time_bounds is not None else TimeBounds()
@@ -123,6 +125,9 @@ class Task:
     # TaskContext --------------------------------------------------------------------------
     def store(self, name: str) -> KeyValueStore:
         return self.stores[name]
+
+    def global_store(self, name: str) -> KeyValueStore:
+        return self._globals[name]
 
     def register_timed(self, op: TimedOperator) -> None:
         self._timed.append(op)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamproc.state.store import KeyValueStore
+from streamproc.state.store import _OFFSET, KeyValueStore
 
 
 class SourceTableStore(KeyValueStore):
@@ -40,3 +40,41 @@ class SourceTableStore(KeyValueStore):
     def close(self) -> None:
         super().close()
         self.written.clear()
+
+
+_GLOBAL_OFFSET = b"global-next-offset:"
+
+
+class GlobalTableStore(KeyValueStore):
+    """A global table's rows (every partition of its topic) in one database, with the next
+    offset to read per partition of the topic. Written straight from the topic in batches
+    (no checkpoint: a global table is not part of any task's transaction); read by every task
+    of the instance through ``get`` and its cache, which each applied batch keeps current."""
+
+    def offsets(self) -> dict[int, int]:
+        assert self._meta is not None
+        out: dict[int, int] = {}
+        for key, raw in self._meta.items(from_key=_GLOBAL_OFFSET):
+            assert isinstance(key, bytes)
+            if not key.startswith(_GLOBAL_OFFSET):
+                break
+            out[int(key[len(_GLOBAL_OFFSET):])] = int(_OFFSET.unpack(raw)[0])
+        return out
+
+    def apply(self, rows: list[tuple[bytes, bytes | None]], offsets: dict[int, int]) -> None:
+        """Write rows (``None``: delete) and the partitions' next offsets in one batch; the
+        cache forgets the keys written (it is read-through, never written ahead)."""
+        batch = self.restore_batch()
+        cache = self.cache
+        for key, raw in rows:
+            if raw is None:
+                batch.delete(key)
+            else:
+                batch.put(key, raw)
+            cache.pop(key, None)
+        for partition, offset in offsets.items():
+            batch.put(_GLOBAL_OFFSET + str(partition).encode(), _OFFSET.pack(offset),
+                      self._meta_handle)
+        self._write(batch)
+        if len(cache) > self.cache_max_keys:
+            cache.clear()

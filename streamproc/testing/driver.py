@@ -35,6 +35,7 @@ from streamproc.graph.nodes import (
 )
 from streamproc.metrics import Metrics
 from streamproc.runtime.deadletter import dead_letter
+from streamproc.runtime.globals import GlobalTables
 from streamproc.runtime.limits import StateGuard, TimeBounds
 from streamproc.runtime.operators import MAX_RECORD_BYTES
 from streamproc.runtime.plan import control_partitions, resolve, upstream_tasks
@@ -91,8 +92,10 @@ class TopologyTestDriver:
         per_topic = partitions if isinstance(partitions, dict) else {}
         self.cluster = Cluster(default_partitions=partitions if isinstance(partitions, int)
                                else 1, partitions=dict(per_topic))
+        self._global_topics = {g.topic: g for g in self.compiled.global_tables.values()}
         self.plan = resolve(self.compiled, MemoryAdmin(
-            self.cluster, [*self.compiled.user_source_topics, *self.compiled.sink_topics]))
+            self.cluster, [*self.compiled.user_source_topics, *self.compiled.sink_topics,
+                           *self._global_topics]))
         self._own_dir = state_dir is None
         self.state_dir = Path(state_dir) if state_dir is not None else Path(
             tempfile.mkdtemp(prefix="streamproc-test-", dir=_scratch_dir()))
@@ -107,6 +110,8 @@ class TopologyTestDriver:
         self.checkpoints = 0
         self._policies = {t: self.compiled.source_node(t).on_error
                           for t in self.compiled.topic_subtopology}
+        self._policies.update({t: g.on_error for t, g in self._global_topics.items()})
+        self.globals: GlobalTables | None = None
         self._read_seq: dict[str, int] = {}
         self.max_record_bytes = max_record_bytes
         self.time_bounds = TimeBounds(min_timestamp_ms, max_future_skew_ms)
@@ -120,13 +125,18 @@ class TopologyTestDriver:
         """Append a record to a source topic and process it. ``bytes`` (and None) are taken as
         they are on the wire; anything else is encoded with the source's codec. The timestamp
         defaults to the driver's clock; the partition to the key's, as Kafka's producer picks."""
-        if topic not in self.compiled.user_source_topics:
+        if topic in self._global_topics:
+            kcodec, vcodec = self._global_topics[topic].key_codec, \
+                self._global_topics[topic].value_codec
+        elif topic in self.compiled.user_source_topics:
+            node = self.compiled.source_node(topic)
+            assert node.key_codec is not None and node.value_codec is not None
+            kcodec, vcodec = node.key_codec, node.value_codec
+        else:
             raise ValueError(f"{topic!r} is not a source topic of {self.compiled.application_id}"
                              f" (sources: {self.compiled.user_source_topics})")
-        node = self.compiled.source_node(topic)
-        assert node.key_codec is not None and node.value_codec is not None
-        kb = key if key is None or isinstance(key, bytes) else node.key_codec.encode(key)
-        vb = value if value is None or isinstance(value, bytes) else node.value_codec.encode(value)
+        kb = key if key is None or isinstance(key, bytes) else kcodec.encode(key)
+        vb = value if value is None or isinstance(value, bytes) else vcodec.encode(value)
         p = self.cluster.partition_for(topic, kb) if partition is None else partition
         self.cluster.append(topic, p, kb, vb, self.clock if timestamp is None else timestamp,
                             headers)
@@ -218,6 +228,9 @@ class TopologyTestDriver:
         """A store's current content over all partitions, including uncommitted changes. Keys
         are decoded; a window store is keyed by ``(key, start, end)`` with the window's result
         as the value."""
+        if store in self.compiled.global_tables and self.globals is not None:
+            decode = self.compiled.global_tables[store].key_codec.decode
+            return {decode(k): v for k, v in self.globals.store(store).items()}
         node = self._store_owner(store)
         out: dict[Any, Any] = {}
         for tid in sorted(self.tasks):
@@ -254,6 +267,15 @@ class TopologyTestDriver:
     # -- tasks -----------------------------------------------------------------------------------
     def _open_tasks(self) -> None:
         changelogs = self.compiled.changelog_topics
+        # Global tables: the same stores and record handling as the instance's, fed here.
+        self.globals = GlobalTables(self.compiled.global_tables,
+                                    self.state_dir / self.compiled.application_id,
+                                    consumer=None, on_error=self._on_error)
+        self.globals.open()
+        for name, g in self.compiled.global_tables.items():
+            stored = self.globals.store(name).offsets()
+            for p in range(len(self.cluster.ensure(g.topic))):
+                self.positions[TopicPartition(g.topic, p)] = stored.get(p, 0)
         for st in self.compiled.subtopologies:
             for p in range(self.plan.partitions[st.id]):
                 tid = TaskId(st.id, p)
@@ -268,7 +290,7 @@ class TopologyTestDriver:
                     control_partitions=control_partitions(self.compiled, st,
                                                           self.plan.partitions),
                     time_bounds=self.time_bounds, guard=self.guard,
-                    control_key=self._control_key,
+                    control_key=self._control_key, global_tables=self.globals.stores,
                 )
                 task.open()
                 self._restore(task)
@@ -305,9 +327,19 @@ class TopologyTestDriver:
         for task in self.tasks.values():
             task.close()
         self.tasks.clear()
+        if self.globals is not None:
+            self.globals.close()
 
     def _process_available(self) -> bool:
         processed = False
+        assert self.globals is not None
+        for topic in self._global_topics:  # read before any task, as the instance does
+            for p, log in enumerate(self.cluster.ensure(topic)):
+                tp = TopicPartition(topic, p)
+                if self.positions[tp] < len(log):
+                    self.globals.apply(log[self.positions[tp]:])
+                    self.positions[tp] = len(log)
+                    processed = True
         for tid in sorted(self.tasks):
             task = self.tasks[tid]
             # Tables first, as the instance holds a task's streams until its tables have read

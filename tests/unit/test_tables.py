@@ -189,3 +189,62 @@ def test_to_table_materializes_a_stream_with_a_changelog_of_its_own() -> None:
         d.crash(lose_state=True)
         assert d.state("limits") == {"ann": 100}
         assert d.key_values("checked") == [("ann", {"order": 1, "ok": True})]
+
+
+def _by_merchant(how: str = "left") -> Topology:
+    t = Topology("merchant")
+    merchants = t.global_table("merchants", store="merchants", key=codecs.string())
+    (t.source("payments", key=codecs.string())
+     .join(merchants, lambda p, m: {**p, "category": m["category"] if m else None}, how=how,
+           key=lambda p: p["merchant"])
+     .to("categorized", key=codecs.string()))
+    return t
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_a_global_table_joins_by_a_key_from_the_value_across_partition_counts(how: str) -> None:
+    # 5 payment partitions against 2 merchant partitions: no co-partitioning needed.
+    with TopologyTestDriver(_by_merchant(how), partitions={"payments": 5, "merchants": 2}) as d:
+        for m, cat in (("m1", "food"), ("m2", "fuel"), ("m3", "books")):
+            d.pipe("merchants", {"category": cat}, key=m)
+        for i, (customer, merchant) in enumerate(
+                [("ann", "m1"), ("bob", "m2"), ("cid", "m3"), ("dan", "m4"), ("eve", "m1")]):
+            d.pipe("payments", {"id": i, "merchant": merchant}, key=customer)
+        d.pipe("merchants", None, key="m1")
+        d.pipe("payments", {"id": 5, "merchant": "m1"}, key="ann")
+        got = sorted(d.values("categorized"), key=lambda v: v["id"])
+        expected = [{"id": 0, "merchant": "m1", "category": "food"},
+                    {"id": 1, "merchant": "m2", "category": "fuel"},
+                    {"id": 2, "merchant": "m3", "category": "books"},
+                    {"id": 3, "merchant": "m4", "category": None},
+                    {"id": 4, "merchant": "m1", "category": "food"},
+                    {"id": 5, "merchant": "m1", "category": None}]
+        if how == "inner":
+            expected = [e for e in expected if e["category"] is not None]
+        assert got == expected
+        assert d.state("merchants") == {"m2": {"category": "fuel"}, "m3": {"category": "books"}}
+        assert d.compiled.describe()["global_tables"] == [
+            {"store": "merchants", "topic": "merchants", "key_codec": "string",
+             "value_codec": "json", "on_error": "dead_letter"}]
+
+
+def test_a_global_table_survives_a_crash_and_is_reloaded_after_losing_its_state() -> None:
+    with TopologyTestDriver(_by_merchant(), partitions=2, auto_commit=False) as d:
+        d.pipe("merchants", {"category": "food"}, key="m1")
+        d.pipe("merchants", b"{oops", key="m2")
+        d.commit()
+        assert [r.value for r in d.dead_letters()] == [b"{oops"]
+        d.crash()  # rows kept locally with their offsets: nothing is read again
+        assert [r.value for r in d.dead_letters()] == [b"{oops"]
+        d.crash(lose_state=True)  # read again from the topic's first offset
+        assert d.state("merchants") == {"m1": {"category": "food"}}
+        d.pipe("payments", {"id": 1, "merchant": "m1"}, key="ann")
+        d.commit()
+        assert d.values("categorized") == [{"id": 1, "merchant": "m1", "category": "food"}]
+
+
+def test_a_key_extractor_is_refused_for_a_co_partitioned_table() -> None:
+    t = Topology("nokey")
+    customers = _customers(t)
+    with pytest.raises(TopologyError, match=r"join\(key=...\) is for global tables"):
+        t.source("payments", key=codecs.string()).join(customers, key=lambda v: v["c"])
