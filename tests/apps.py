@@ -188,3 +188,23 @@ def enrichment() -> Topology:
 def with_tier(payment: dict[str, object], customer: dict[str, object] | None
               ) -> dict[str, object]:
     return {**payment, "tier": customer["tier"] if customer is not None else None}
+
+
+def merchant_categories() -> Topology:
+    """Payments (key = customer) joined with the global table of merchants (T_TABLE, key =
+    merchant) by the payment's ``merchant`` field."""
+    t = Topology(os.environ["T_APP"])
+    merchants = t.global_table(os.environ["T_TABLE"], store="merchants", key=codecs.string())
+    (t.source(os.environ["T_IN"], key=codecs.string())
+     .join(merchants, with_category, how="left", key=merchant_of)
+     .to(os.environ["T_OUT"], key=codecs.string()))
+    return t
+
+
+def merchant_of(payment: dict[str, object]) -> object:
+    return payment["merchant"]
+
+
+def with_category(payment: dict[str, object], merchant: dict[str, object] | None
+                  ) -> dict[str, object]:
+    return {**payment, "category": merchant["category"] if merchant is not None else None}

@@ -193,3 +193,44 @@ def test_a_join_of_topics_with_different_partition_counts_stops_at_start(
     text = app.log_text()
     assert f"table {n['table']} is joined with topics of another partition count " \
            f"({n['table']} has 3, {other} has 2)" in text, text[-2000:]
+
+
+@pytest.mark.crash
+def test_a_global_table_of_another_partition_count_enriches_exactly_once_across_kill9(
+        kafka: str, tmp_path: Path) -> None:
+    app_id, table, src, out = (unique("global"), unique("merchants"), unique("payments"),
+                               unique("categorized"))
+    create_topics(kafka, (table, 2), (src, 3), (out, 3))
+    categories = {f"m{i:02d}": random.Random(i).choice(("food", "fuel", "books"))
+                  for i in range(40)}
+    io.produce(kafka, table, [(m.encode(), json.dumps({"category": c}).encode())
+                              for m, c in categories.items()] + [(b"m99", b"{oops")])
+    rng = random.Random(8)
+    payments = [(f"c{rng.randrange(50)}".encode(),
+                 json.dumps({"id": i, "merchant": f"m{rng.randrange(45):02d}"}).encode())
+                for i in range(1500)]
+    app = AppProcess("tests.apps:merchant_categories", kafka, tmp_path / "state",
+                     tmp_path / "app.log", {"T_APP": app_id, "T_TABLE": table, "T_IN": src,
+                                            "T_OUT": out}, consume_batch_size=100)
+    feeder = feed(kafka, src, payments, seconds=6)
+    for point, nth in (("after_commit", 2), ("before_commit", 3)):
+        app.start(STREAMPROC_TEST_CRASH_AT=point, STREAMPROC_TEST_CRASH_AFTER=str(nth))
+        assert app.wait(90) == -9, app.log_text()[-3000:]
+    while feeder.is_alive():
+        app.start()
+        time.sleep(rng.uniform(1.5, 3.0))
+        app.kill9()
+    feeder.join()
+    app.start()
+    assert io.wait_processed(kafka, app_id, [src], timeout_s=120), app.log_text()[-3000:]
+    assert app.terminate() == 0
+
+    got = [json.loads(r.value or b"") for r in io.read_all(kafka, out)]
+    assert Counter(v["id"] for v in got) == Counter(range(1500))  # each exactly once
+    wrong = [v for v in got if v["category"] != categories.get(v["merchant"])]
+    assert not wrong, wrong[:5]
+    # Read whole by the instance, outside the group: no offsets committed for it.
+    assert all(o < 0 for o in io.committed_offsets(kafka, app_id, table).values())
+    assert app.events("global_table.restore.completed")
+    dead = io.read_all(kafka, f"{app_id}-dlq")
+    assert {r.key for r in dead} == {b"m99"}  # at least once: once per reload of the table

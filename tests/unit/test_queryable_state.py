@@ -95,6 +95,17 @@ def test_catalog_names_every_store_with_its_kind_and_key_codec() -> None:
     assert cat["means"].describe()["window"]["size_ms"] == 1000
 
 
+def test_tables_are_key_value_stores_keyed_by_their_key_codec() -> None:
+    t = Topology("tables")
+    customers = t.table("customers", store="customers", key=codecs.string())
+    limits = t.source("limits", key=codecs.int64()).to_table(store="limits")
+    t.source("payments", key=codecs.string()).join(customers).to("out")
+    t.source("orders", key=codecs.int64()).join(limits).to("out2")
+    cat = catalog(compile_topology(t))
+    assert {n: (i.kind, i.key_codec.name, i.queryable) for n, i in cat.items()} == {
+        "customers": ("key-value", "string", True), "limits": ("key-value", "int64", True)}
+
+
 def _info(codec: codecs.Codec) -> StoreInfo:
     return StoreInfo("s", "key-value", 0, "op", codec, codecs.json())
 
