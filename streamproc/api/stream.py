@@ -29,6 +29,7 @@ from streamproc.graph.nodes import (
     StreamGlobalJoinNode,
     StreamTableJoinNode,
     TableNode,
+    WindowJoinNode,
 )
 from streamproc.time.windows import WindowSpec
 
@@ -187,16 +188,26 @@ class Stream:
         src._then(node)
         return Table(self._topology, node, key_codec=src._key_codec)
 
-    def join(self, table: Table | GlobalTable, joiner: Callable[[Any, Any], Any] | None = None,
+    def join(self, table: Table | GlobalTable | Stream,
+             joiner: Callable[[Any, Any], Any] | None = None,
              *, how: str = "inner", key: Callable[[Any], Any] | None = None,
-             name: str | None = None) -> Stream:
+             within_ms: int | None = None, grace_ms: int = 0, store: str | None = None,
+             state: Codec | None = None, name: str | None = None) -> Stream:
         """Each record joined with its key's row of ``table`` as of when it is processed:
         ``joiner(value, row)`` (default: the pair ``(value, row)``). ``how="inner"`` drops a
         record whose key has no row; ``"left"`` joins it with ``None``. Table updates emit
         nothing. If this stream's key changed, it is first repartitioned by the table's key
         codec (so a key's records and its row meet in one task). With a global table, ``key``
         computes the row's key from the value (default: the record's key) and nothing is
-        repartitioned. docs/joins.md."""
+        repartitioned. With a stream, a windowed join: records of one key whose timestamps are
+        at most ``within_ms`` apart (see :meth:`interval_join`). docs/joins.md."""
+        if isinstance(table, Stream):
+            if within_ms is None or not isinstance(within_ms, int) or within_ms < 0:
+                raise TopologyError("a stream-stream join needs within_ms= (an int >= 0): how "
+                                    "far apart in event time two records may be to join")
+            return self.interval_join(table, joiner, lower_ms=-within_ms, upper_ms=within_ms,
+                                      how=how, grace_ms=grace_ms, store=store, state=state,
+                                      name=name)
         if how not in ("inner", "left"):
             raise TopologyError(f"a stream-table join is 'inner' or 'left', got {how!r}")
         if isinstance(table, GlobalTable):
@@ -229,6 +240,59 @@ class Stream:
         out = src._then(node)
         # _then appended the stream last; the stream side comes first (nodes.py).
         node.parents.reverse()
+        return out
+
+    def interval_join(self, other: Stream, joiner: Callable[[Any, Any], Any] | None = None,
+                      *, lower_ms: int, upper_ms: int, how: str = "inner", grace_ms: int = 0,
+                      store: str | None = None, state: Codec | None = None,
+                      name: str | None = None) -> Stream:
+        """Records of this stream (left) and ``other`` (right) with the same key join when
+        ``left.ts + lower_ms <= right.ts <= left.ts + upper_ms``: ``joiner(left, right)``, at
+        the later of the two timestamps, as soon as the second one arrives. Both sides wait in
+        ``store`` (``{store}.left``/``.right``, changelogged) until the watermark passes their
+        last possible match plus ``grace_ms``; then ``how="left"`` emits an unmatched left
+        record as ``joiner(left, None)``, ``"outer"`` also an unmatched right one as
+        ``joiner(None, right)``, at the record's own timestamp. A record older than the
+        watermark minus ``grace_ms`` is late: dropped and counted. Keys changed on either side
+        are repartitioned first. docs/joins.md."""
+        if not isinstance(other, Stream) or other._topology is not self._topology:
+            raise TopologyError("interval_join() needs a stream of the same topology")
+        if other is self or other.node is self.node:
+            raise TopologyError("a stream cannot be joined with itself: branch it first")
+        if how not in ("inner", "left", "outer"):
+            raise TopologyError(f"a stream-stream join is 'inner', 'left' or 'outer', got "
+                                f"{how!r}")
+        for label, v in (("lower_ms", lower_ms), ("upper_ms", upper_ms)):
+            if not isinstance(v, int):
+                raise TopologyError(f"{label} must be an int (milliseconds), got {v!r}")
+        if lower_ms > upper_ms:
+            raise TopologyError(f"lower_ms ({lower_ms}) must not be above upper_ms ({upper_ms})")
+        if not isinstance(grace_ms, int) or grace_ms < 0:
+            raise TopologyError(f"grace_ms must be an int >= 0, got {grace_ms!r}")
+        if store is None:
+            raise TopologyError("a stream-stream join needs store=: both sides wait in it")
+        check_store(self._topology.application_id, f"{store}.left")
+        check_store(self._topology.application_id, f"{store}.right")
+        left, right = self, other
+        if left._repartition_required and not right._repartition_required:
+            left = Stream(left._topology, left.node, key_codec=right._key_codec,
+                          repartition_required=True)
+        elif right._repartition_required:
+            right = Stream(right._topology, right.node, key_codec=left._key_codec,
+                           repartition_required=True)
+        left = left._keyed(f"{name}.left" if name else None)
+        right = right._keyed(f"{name}.right" if name else None)
+        lk, rk = left._key_codec or JsonCodec(), right._key_codec or JsonCodec()
+        if lk.name != rk.name:
+            raise TopologyError(
+                f"join: the left stream's keys are encoded with {lk.name} but the right one's "
+                f"with {rk.name}; the same key must have the same bytes on both sides")
+        node = WindowJoinNode(left._name("join", name), joiner=joiner or _pair, how=how,
+                              lower_ms=lower_ms, upper_ms=upper_ms, grace_ms=grace_ms,
+                              store=store, state_codec=state or JsonCodec(), key_codec=lk)
+        node.parents.append(right.node)
+        out = left._then(node)
+        node.parents.reverse()  # left first
         return out
 
     # -- sinks ---------------------------------------------------------------------------

@@ -338,6 +338,42 @@ class StreamGlobalJoinNode(Node):
                 "key": "extractor" if self.key is not None else "record key"}
 
 
+@dataclass(eq=False)
+class WindowJoinNode(Node):
+    """A windowed stream-stream join: ``parents[0]`` (left) and ``parents[1]`` (right) records of
+    one key join when ``left.ts + lower_ms <= right.ts <= left.ts + upper_ms``. Both sides wait
+    in ``{store}.left`` / ``{store}.right`` until no record of the other side can still match
+    (the watermark passed that bound plus ``grace_ms``); ``left`` / ``outer`` then emit their
+    unmatched records with ``None`` for the other side. docs/joins.md."""
+
+    joiner: Callable[[Any, Any], Any] = lambda a, b: (a, b)
+    how: str = "inner"
+    lower_ms: int = 0
+    upper_ms: int = 0
+    grace_ms: int = 0
+    store: str = ""
+    state_codec: Codec | None = None
+    key_codec: Codec | None = None
+
+    @property
+    def kind(self) -> str:
+        return f"window_join_{self.how}"
+
+    @property
+    def stores(self) -> list[StoreSpec]:
+        assert self.state_codec is not None
+        return [StoreSpec(f"{self.store}.left", self.state_codec),
+                StoreSpec(f"{self.store}.right", self.state_codec)]
+
+    @property
+    def time_aware(self) -> bool:
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "how": self.how, "lower_ms": self.lower_ms,
+                "upper_ms": self.upper_ms, "grace_ms": self.grace_ms, "store": self.store}
+
+
 def table_root(node: Node) -> tuple[TableNode, list[Node]]:
     """The materialized table behind a table view and the views from it to ``node``, in the
     order they apply."""

@@ -35,6 +35,7 @@ from streamproc.graph.nodes import (
     TableMapValuesNode,
     TableNode,
     ToStreamNode,
+    WindowJoinNode,
     WindowNode,
 )
 from streamproc.runtime.context import Push, SourcePush, TaskContext
@@ -45,6 +46,7 @@ from streamproc.runtime.limits import (
 from streamproc.runtime.process import MUTABLE, build_process
 from streamproc.runtime.sinks import sink
 from streamproc.runtime.sources import source, timed_source
+from streamproc.runtime.streamjoin import WindowJoinOperator
 from streamproc.runtime.tables import (
     stream_global_join,
     stream_table_join,
@@ -84,9 +86,15 @@ def build_pipeline(st: SubTopology, ctx: TaskContext,
                     entries[topic] = timed_source(node, topic, down, ctx, per_record=per_record)
                 else:
                     entries[topic] = source(node, down, ctx)
+        elif isinstance(node, WindowJoinNode):
+            op = WindowJoinOperator(node, down, ctx)
+            push_of[node.name], push_of[_RIGHT + node.name] = op.push_left, op.push_right
         else:
             push_of[node.name] = _build(node, down, ctx, max_record_bytes)
     return entries
+
+
+_RIGHT = "\x00right:"  # the key of a two-input operator's second input in push_of
 
 
 def _input(child: Node, parent: Node, push_of: dict[str, Push]) -> Push:
@@ -94,7 +102,16 @@ def _input(child: Node, parent: Node, push_of: dict[str, Push]) -> Push:
     (the table's changes emit nothing; it looks rows up in the table's store)."""
     if isinstance(child, StreamTableJoinNode) and child.parents[1] is parent:
         return _drop
+    if isinstance(child, WindowJoinNode) and _is_parent(child.parents[1], parent):
+        return push_of[_RIGHT + child.name]
     return push_of[child.name]
+
+
+def _is_parent(given: Node, effective: Node) -> bool:
+    """Whether ``effective`` (a node of the sub-topology) is the parent ``given`` to the
+    builder: a repartition's children hang off its internal source (graph/compile.py)."""
+    return given is effective or (isinstance(given, RepartitionNode)
+                                  and effective.name == f"{given.name}.source")
 
 
 def _fanout(downs: list[Push]) -> Push:

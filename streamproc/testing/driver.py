@@ -31,6 +31,7 @@ from streamproc.graph.nodes import (
     RepartitionNode,
     SinkNode,
     TableNode,
+    WindowJoinNode,
     WindowNode,
 )
 from streamproc.metrics import Metrics
@@ -39,6 +40,7 @@ from streamproc.runtime.globals import GlobalTables
 from streamproc.runtime.limits import StateGuard, TimeBounds
 from streamproc.runtime.operators import MAX_RECORD_BYTES
 from streamproc.runtime.plan import control_partitions, resolve, upstream_tasks
+from streamproc.runtime.streamjoin import split_entry_key
 from streamproc.runtime.tables import restorable
 from streamproc.runtime.task import Task
 from streamproc.state.windowed import WindowStateCodec, split_window_key
@@ -231,7 +233,9 @@ class TopologyTestDriver:
         if store in self.compiled.global_tables and self.globals is not None:
             decode = self.compiled.global_tables[store].key_codec.decode
             return {decode(k): v for k, v in self.globals.store(store).items()}
-        node = self._store_owner(store)
+        join = next((n for n in self.topology.nodes if isinstance(n, WindowJoinNode)
+                     and store in (f"{n.store}.left", f"{n.store}.right")), None)
+        node: Any = join if join is not None else self._store_owner(store)
         out: dict[Any, Any] = {}
         for tid in sorted(self.tasks):
             s = self.tasks[tid].stores.get(store)
@@ -455,10 +459,13 @@ class TopologyTestDriver:
                        f"{names})")
 
     @staticmethod
-    def _state_entry(node: AggregateNode | WindowNode | ProcessNode | TableNode, codec: Codec,
-                     k: bytes, v: Any) -> tuple[Any, Any]:
+    def _state_entry(node: AggregateNode | WindowNode | ProcessNode | TableNode | WindowJoinNode,
+                     codec: Codec, k: bytes, v: Any) -> tuple[Any, Any]:
         key_codec = node.key_codec
         decode = key_codec.decode if key_codec is not None else (lambda b: b)
+        if isinstance(node, WindowJoinNode):  # waiting records: (key, timestamp) -> value
+            kb, ts, _ = split_entry_key(k)
+            return (decode(kb), ts), v["v"]
         if isinstance(codec, WindowStateCodec) and isinstance(node, WindowNode):
             start, end, kb = split_window_key(k)
             if start == end:  # count/global windows (0, 0), sliding entries (t, t)
