@@ -142,13 +142,13 @@ def timed_source(node: SourceNode, topic: str, down: Push, ctx: TaskContext, *,
                 continue
             if local:
                 if per_record:
-                    observe(t, m.offset() or 0)
+                    observe(t, m.offset() or 0, topic)
                 else:
                     high_off = m.offset() or 0
                     high = max(high, t)
             append(Record(key, value, t, m))
         if high_off >= 0:
-            observe(high, high_off)
+            observe(high, high_off, topic)
         if out:
             down(out)
 

@@ -111,12 +111,18 @@ class Task:
         self.now_ms = clock
         self.count = count
         self.control_partitions = control_partitions or {}
+        # A table's topic does not move event time: its rows are looked up, not windowed.
+        tables = {spec.source_topic for spec in subtopology.stores if spec.source_topic}
         self.time = TaskTime(
             ooo_ms=subtopology.max_out_of_orderness_ms,
             idle_timeout_ms=subtopology.idle_timeout_ms,
             has_local=any(not s.internal or s.topics[0] not in (upstream_tasks or {})
                           for s in subtopology.sources),
-            upstream_tasks=upstream_tasks or {}, now_ms=clock(), control_key=control_key)
+            upstream_tasks=upstream_tasks or {}, now_ms=clock(), control_key=control_key,
+            local_topics=tuple(
+                t for s in subtopology.sources
+                if not s.internal or s.topics[0] not in (upstream_tasks or {})
+                for t in s.topics if t not in tables))
         self._timed: list[TimedOperator] = []
         # State values prepare_changes found too large for the changelog (task, store, key,
         # size): the checkpoint must not commit; the caller guards the keys and replays.

@@ -94,12 +94,18 @@ def parse_control(key: bytes, topic: str, payload: bytes, headers: list[tuple[st
 
 class TaskTime:
     __slots__ = ("_batch_wm", "_dirty", "_has_local", "_idle_base", "_last_input",
-                 "_marks_off", "_marks_wm", "_now", "_sent", "control_key", "expected", "idle",
-                 "idle_timeout_ms", "ooo_ms", "stream_time", "upstream", "watermark")
+                 "_marks_off", "_marks_wm", "_now", "_sent", "_started", "_topic_input",
+                 "control_key", "expected", "idle", "idle_timeout_ms", "local_topics", "ooo_ms",
+                 "stream_time", "topic_time", "upstream", "watermark")
 
     def __init__(self, *, ooo_ms: int, idle_timeout_ms: int | None, has_local: bool,
                  upstream_tasks: dict[str, int], now_ms: int,
-                 control_key: bytes = b"") -> None:
+                 control_key: bytes = b"", local_topics: tuple[str, ...] = ()) -> None:
+        """``local_topics``: when a task reads several topics whose records move its
+        watermark, their names: the local watermark is then the minimum over them (each one's
+        largest time), as behind a repartition, so that a topic read ahead of another (a
+        backlog, a replay) does not make the other's on-time records late. A topic quiet for
+        ``idle_timeout_ms`` stops holding it back."""
         self.control_key = control_key
         self.ooo_ms = ooo_ms
         self.idle_timeout_ms = idle_timeout_ms
@@ -117,6 +123,10 @@ class TaskTime:
         self._batch_wm = NO_WATERMARK
         self._dirty = False
         self._sent: tuple[int, bool] | None = None
+        self.local_topics = local_topics if len(local_topics) > 1 else ()
+        self.topic_time: dict[str, int] = {}
+        self._topic_input: dict[str, int] = {}
+        self._started = now_ms
 
     # -- input ---------------------------------------------------------------------------------
     def begin_batch(self, now_ms: int) -> None:
@@ -126,15 +136,41 @@ class TaskTime:
         self._batch_wm = self.watermark
         self._now = now_ms
 
-    def observe(self, ts: int, offset: int) -> None:
-        """A data record at event time ``ts`` (offset ``offset`` of the current partition)."""
+    def observe(self, ts: int, offset: int, topic: str = "") -> None:
+        """A data record at event time ``ts`` (offset ``offset`` of the current partition of
+        ``topic``)."""
         self._last_input = self._now
         if self.idle:
             self.idle = False
             self._dirty = True
-        if ts > self.stream_time:
+        if self.local_topics:
+            self._topic_input[topic] = self._now
+            if ts > self.topic_time.get(topic, NO_WATERMARK):
+                self.topic_time[topic] = ts
+                self.stream_time = max(self.stream_time, ts)
+                self._dirty = True
+                self._recompute(offset)
+        elif ts > self.stream_time:
             self.stream_time = ts
             self._recompute(offset)
+
+    def _local_time(self) -> int:
+        """The largest time of the task's own inputs, or with several input topics the
+        smallest of theirs (NO_WATERMARK until each was heard from). With ``idle_timeout_ms``,
+        a topic quiet that long (since it was last heard from, or since the task started)
+        does not hold it back."""
+        if not self.local_topics:
+            return self.stream_time
+        timeout = self.idle_timeout_ms
+        times = []
+        for t in self.local_topics:
+            if timeout is not None and \
+                    self._now - self._topic_input.get(t, self._started) >= timeout:
+                continue
+            times.append(self.topic_time.get(t, NO_WATERMARK))
+        if not times:
+            return max(self.topic_time.values(), default=NO_WATERMARK)
+        return min(times)
 
     def control(self, topic: str, payload: bytes, offset: int,
                 headers: list[tuple[str, Any]]) -> None:
@@ -158,9 +194,10 @@ class TaskTime:
     def _candidate(self) -> int | None:
         parts: list[int] = []
         if self._has_local:
-            if self.stream_time == NO_WATERMARK:
+            local = self._local_time()
+            if local == NO_WATERMARK:
                 return None
-            parts.append(self.stream_time - self.ooo_ms)
+            parts.append(local - self.ooo_ms)
         if self.expected:
             heard: dict[str, int] = {}
             for topic, _ in self.upstream:
@@ -232,6 +269,7 @@ class TaskTime:
         return orjson.dumps({
             "stream_time": self.stream_time, "watermark": self.watermark, "idle": self.idle,
             "upstream": [[t, task, wm, idle] for (t, task), (wm, idle) in self.upstream.items()],
+            **({"topics": self.topic_time} if self.local_topics else {}),
         })
 
     def restore(self, raw: bytes) -> None:
@@ -240,6 +278,7 @@ class TaskTime:
         self.watermark = self._batch_wm = self._idle_base = int(state["watermark"])
         self.upstream = {(t, task): (int(wm), bool(idle))
                          for t, task, wm, idle in state["upstream"]}
+        self.topic_time = {str(t): int(v) for t, v in state.get("topics", {}).items()}
         self._dirty = False
 
     def control_payload(self, task: str) -> bytes | None:

@@ -241,3 +241,40 @@ def test_a_malformed_control_record_is_dead_lettered_not_a_crash(topology_driver
             letter.headers["streamproc.error.type"]) == (
         b"not json", topic.encode(), b"0", b"byk.source", b"ControlRecordRejected")
     assert d.watermarks()["1_0"] == 5  # the real control record still counts
+
+
+def test_a_task_reading_several_topics_waits_for_the_slowest() -> None:
+    from streamproc.time.watermarks import NO_WATERMARK, TaskTime
+
+    tt = TaskTime(ooo_ms=10, idle_timeout_ms=None, has_local=True, upstream_tasks={},
+                  now_ms=0, local_topics=("a", "b"))
+    tt.begin_batch(0)
+    tt.observe(100, 0, "a")
+    assert tt.watermark == NO_WATERMARK  # b not heard from: it may be far behind
+    tt.observe(50, 0, "b")
+    assert tt.watermark == 40
+    tt.observe(500, 1, "a")  # a backlog of a read first does not move it
+    assert tt.watermark == 40
+    tt.observe(150, 1, "b")
+    assert (tt.watermark, tt.stream_time) == (140, 500)
+    again = TaskTime(ooo_ms=10, idle_timeout_ms=None, has_local=True, upstream_tasks={},
+                     now_ms=0, local_topics=("a", "b"))
+    snap = tt.snapshot()
+    assert snap is not None
+    again.restore(snap)
+    again.begin_batch(0)
+    again.observe(300, 2, "b")
+    assert again.watermark == 290  # a's 500 came back with the checkpoint
+
+
+def test_a_quiet_topic_stops_holding_the_watermark_after_the_idle_timeout() -> None:
+    from streamproc.time.watermarks import NO_WATERMARK, TaskTime
+
+    tt = TaskTime(ooo_ms=0, idle_timeout_ms=1_000, has_local=True, upstream_tasks={},
+                  now_ms=0, local_topics=("a", "b"))
+    tt.begin_batch(500)
+    tt.observe(100, 0, "a")
+    assert tt.watermark == NO_WATERMARK
+    tt.begin_batch(1_500)  # b quiet for 1.5 s since the task started
+    tt.observe(200, 1, "a")
+    assert tt.watermark == 200

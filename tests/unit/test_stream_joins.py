@@ -47,7 +47,9 @@ def test_a_left_join_emits_an_unmatched_left_record_when_its_window_closes() -> 
         d.pipe("right", {"id": "r1"}, key="a", timestamp=1_900)
         d.pipe("right", {"id": "r9"}, key="c", timestamp=2_000)  # unmatched right: not emitted
         assert d.values("out") == [["l1", "r1"]]
-        d.pipe("left", {"id": "l3"}, key="z", timestamp=2_500)  # b closes after 2500
+        # The watermark is the smaller of the two topics' times: b closes after 2500.
+        d.pipe("left", {"id": "l3"}, key="z", timestamp=2_500)
+        d.pipe("right", {"id": "r10"}, key="y", timestamp=2_501)
         assert d.values("out") == [["l1", "r1"]]
         d.pipe("left", {"id": "l4"}, key="z", timestamp=2_501)
         assert [(r.key, r.value, r.timestamp) for r in d.records("out")] == [
@@ -70,11 +72,13 @@ def test_an_outer_join_also_emits_unmatched_right_records() -> None:
 def test_a_record_older_than_the_watermark_minus_the_grace_is_late() -> None:
     with TopologyTestDriver(_within("left", grace_ms=500)) as d:
         d.pipe("left", {"id": "l1"}, key="a", timestamp=10_000)
-        d.pipe("right", {"id": "r1"}, key="a", timestamp=9_600)  # within the grace: joins
-        d.pipe("right", {"id": "r2"}, key="a", timestamp=9_400)  # late: dropped
+        d.pipe("right", {"id": "r1"}, key="a", timestamp=9_600)  # watermark 9600: joins
+        d.pipe("left", {"id": "l5"}, key="a", timestamp=12_000)  # still 9600 (the right's)
+        d.pipe("right", {"id": "r3"}, key="a", timestamp=11_900)  # watermark 11900
+        d.pipe("right", {"id": "r2"}, key="a", timestamp=9_400)  # before 11400: late
         d.pipe("left", {"id": "l2"}, key="a", timestamp=9_000)  # late: not even unmatched
         d.finish()
-        assert d.values("out") == [["l1", "r1"]]
+        assert d.values("out") == [["l1", "r1"], ["l5", "r3"]]
         assert d.metrics.total("late_records_total") == 2
 
 
@@ -119,10 +123,10 @@ def _events(seed: int) -> list[tuple[str, str, str, int]]:
 
 
 def _run(events: list[tuple[str, str, str, int]], crash_every: int | None) -> list[Any]:
-    # The grace covers the whole input: a task's watermark is the largest time of either side,
-    # and a replay reads the two topics in another order than the first run, so with a short
-    # grace it may find late what the first run joined (docs/joins.md, "Time").
-    with TopologyTestDriver(_within("outer", within_ms=3_000, grace_ms=400_000), partitions=2,
+    # A replay reads the two topics in another order than the first run (the driver: all of
+    # one, then the other); the watermark is the smaller of their times, so the same records
+    # are late and the same windows close.
+    with TopologyTestDriver(_within("outer", within_ms=3_000, grace_ms=500), partitions=2,
                             auto_commit=False) as d:
         for n, (topic, rid, key, ts) in enumerate(events, 1):
             d.pipe(topic, {"id": rid}, key=key, timestamp=ts)
