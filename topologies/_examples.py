@@ -60,7 +60,8 @@ def with_flush(records: Sequence[Event], flush: Callable[[str, int], Event],
     return [*records, *(flush(key, at) for key in flush_keys(partitions))]
 
 
-def main(argv: Sequence[str] | None, *, topology: Any, sample: Callable[[], list[Event]],
+def main(argv: Sequence[str] | None, *, topology: Any,
+         sample: Callable[[], list[Event] | dict[str, list[Event]]],
          flush: Callable[[str, int], Event], avro_topology: Any = None) -> int:
     from streamproc import logs
     from streamproc.cli import resolve_brokers
@@ -99,8 +100,9 @@ def main(argv: Sequence[str] | None, *, topology: Any, sample: Callable[[], list
     return _show(bootstrap, compiled)
 
 
-def _produce(bootstrap: str, compiled: Any, records: list[Event],
+def _produce(bootstrap: str, compiled: Any, sample: list[Event] | dict[str, list[Event]],
              flush: Callable[[str, int], Event], partitions: int) -> int:
+    """``sample``: the records of the topology's one source topic, or per topic."""
     from streamproc.kafka import io
     from streamproc.kafka.admin import TopicAdmin, TopicSpec
 
@@ -111,6 +113,7 @@ def _produce(bootstrap: str, compiled: Any, records: list[Event],
     admin.create([TopicSpec(t, partitions, {"retention.ms": "-1"})
                   for t in topics if existing[t] is None])
     for topic in compiled.user_source_topics:
+        records = sample[topic] if isinstance(sample, dict) else sample
         n = existing[topic] or partitions
         node = compiled.source_node(topic)
         io.produce_timed(bootstrap, topic, (
