@@ -208,3 +208,12 @@ def merchant_of(payment: dict[str, object]) -> object:
 def with_category(payment: dict[str, object], merchant: dict[str, object] | None
                   ) -> dict[str, object]:
     return {**payment, "category": merchant["category"] if merchant is not None else None}
+
+
+def ad_attribution() -> Topology:
+    """topologies/ad_attribution.py with the topics of T_APP, T_IN (impressions), T_CLICKS and
+    T_OUT."""
+    from topologies.ad_attribution import build
+
+    return build(os.environ["T_APP"], os.environ["T_IN"], os.environ["T_CLICKS"],
+                 os.environ["T_OUT"])
