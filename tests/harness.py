@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -182,3 +183,25 @@ def wait_progress(app: AppProcess, kafka: str, group: str, *, after: int = 0,
             raise AssertionError(f"no checkpoint of {app.spec} moved {group}'s offsets on "
                                  f"{started} within {timeout_s} s:\n{app.log_text()[-3000:]}")
         time.sleep(0.2)
+
+
+def crash_while_fed(app: AppProcess, feeder: threading.Thread,
+                    points: list[tuple[str, int]], seed: int) -> int:
+    """While ``feeder`` produces: kill ``app`` at each named crash point (after its nth hit),
+    then with kill -9 at random moments (1.5-3 s after each start) until the feeding ends.
+    Returns the number of kills; the app is left stopped."""
+    kills = 0
+    for point, nth in points:
+        app.start(STREAMPROC_TEST_CRASH_AT=point, STREAMPROC_TEST_CRASH_AFTER=str(nth))
+        code = app.wait(90)
+        assert code == -9, f"expected a SIGKILL at {point}, got {code}\n{app.log_text()[-3000:]}"
+        kills += 1
+    rng = random.Random(seed)
+    while feeder.is_alive():
+        app.start()
+        time.sleep(rng.uniform(1.5, 3.0))
+        assert app.alive, app.log_text()[-3000:]
+        app.kill9()
+        kills += 1
+    feeder.join()
+    return kills

@@ -9,10 +9,11 @@ fences the old epoch and aborts whatever it had open (design.md; librdkafka lack
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -222,7 +223,8 @@ class Collector:
                 self.wait_for_room()
 
     def poll(self) -> None:
-        self._producer.poll(0)
+        with _kafka_errors():
+            self._producer.poll(0)
 
     def changelog_next(self, topic: str, partition: int) -> int | None:
         return self._changelog_next.get(TopicPartition(topic, partition))
@@ -250,7 +252,8 @@ class Collector:
     # -- the barrier ---------------------------------------------------------------------------
     def flush(self) -> None:
         """Wait until everything produced is acknowledged; raise if anything failed."""
-        remaining = self._producer.flush(self._op_timeout_s)
+        with _kafka_errors():
+            remaining = self._producer.flush(self._op_timeout_s)
         if remaining:
             raise TransactionAborted(f"{remaining} records not delivered within "
                                      f"{self._op_timeout_s}s")
@@ -297,3 +300,19 @@ def offset_list(offsets: dict[TopicPartition, int],
         return [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
     return [KafkaTopicPartition(tp.topic, tp.partition, o, metadata=metadata)
             for tp, o in offsets.items()]
+
+
+@contextlib.contextmanager
+def _kafka_errors() -> Iterator[None]:
+    """A producer that went fatal (fenced) while serving delivery reports raises the error
+    from inside the callback dispatch, which Python reports as a SystemError ("returned a
+    result with an exception set") caused by the KafkaException: seen in the broker failure
+    scenario, where it crashed the instance. The KafkaException is what the checkpoint
+    coordinator recovers from (a new producer fences the old one), so it is raised as such."""
+    try:
+        yield
+    except SystemError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KafkaException):
+            raise cause from None
+        raise

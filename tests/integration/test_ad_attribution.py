@@ -4,7 +4,6 @@ topics are fed: the output equals the batch computation, each record exactly onc
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections import Counter
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from streamproc.kafka import io
-from tests.harness import AppProcess, create_topics, unique
+from tests.harness import AppProcess, crash_while_fed, create_topics, unique
 from topologies._examples import PARTITIONS, Event, partition_of, with_flush
 from topologies.ad_attribution import expected, flush, sample
 
@@ -53,15 +52,7 @@ def test_ad_attribution_is_exact_across_kill9(kafka: str, tmp_path: Path) -> Non
                      consume_batch_size=50)
     feeder = _feed(kafka, {imps: _records(samples["impressions"]),
                            clicks: _records(samples["clicks"])}, seconds=8)
-    for point, nth in (("after_commit", 2), ("before_commit", 3)):
-        app.start(STREAMPROC_TEST_CRASH_AT=point, STREAMPROC_TEST_CRASH_AFTER=str(nth))
-        assert app.wait(90) == -9, app.log_text()[-3000:]
-    rng = random.Random(2)
-    while feeder.is_alive():
-        app.start()
-        time.sleep(rng.uniform(1.5, 3.0))
-        app.kill9()
-    feeder.join()
+    crash_while_fed(app, feeder, [("after_commit", 2), ("before_commit", 3)], seed=2)
     app.start()
     assert io.wait_processed(kafka, app_id, [imps, clicks], timeout_s=120), \
         app.log_text()[-3000:]

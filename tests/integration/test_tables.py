@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 
 from streamproc.kafka import io
 from streamproc.kafka.admin import TopicAdmin
-from tests.harness import AppProcess, create_topics, feed, unique, wait_event
+from tests.harness import AppProcess, crash_while_fed, create_topics, feed, unique, wait_event
 from tests.integration.wordcount_check import store_contents
 
 pytestmark = [pytest.mark.kafka]
@@ -99,18 +98,8 @@ def test_enrichment_is_exactly_once_across_kill9_at_every_point(kafka: str,
     feeder = feed(kafka, n["in"], list(payments), seconds=10)
     # Kafka committed but RocksDB not written (restore from the topic to the committed
     # offset), offsets sent but not committed (aborted), and mid-interval.
-    for point, nth in (("after_commit", 2), ("before_commit", 3), ("after_commit", 4),
-                       ("after_process", 5)):
-        app.start(STREAMPROC_TEST_CRASH_AT=point, STREAMPROC_TEST_CRASH_AFTER=str(nth))
-        code = app.wait(90)
-        assert code == -9, f"expected a SIGKILL at {point}, got {code}\n{app.log_text()[-3000:]}"
-    rng = random.Random(5)
-    while feeder.is_alive():
-        app.start()
-        time.sleep(rng.uniform(1.5, 3.0))
-        assert app.alive, app.log_text()[-3000:]
-        app.kill9()
-    feeder.join()
+    crash_while_fed(app, feeder, [("after_commit", 2), ("before_commit", 3),
+                                  ("after_commit", 4), ("after_process", 5)], seed=5)
     app.start()
     assert io.wait_processed(kafka, n["app"], [n["table"], n["in"]], timeout_s=120), \
         app.log_text()[-3000:]
@@ -213,14 +202,7 @@ def test_a_global_table_of_another_partition_count_enriches_exactly_once_across_
                      tmp_path / "app.log", {"T_APP": app_id, "T_TABLE": table, "T_IN": src,
                                             "T_OUT": out}, consume_batch_size=100)
     feeder = feed(kafka, src, payments, seconds=6)
-    for point, nth in (("after_commit", 2), ("before_commit", 3)):
-        app.start(STREAMPROC_TEST_CRASH_AT=point, STREAMPROC_TEST_CRASH_AFTER=str(nth))
-        assert app.wait(90) == -9, app.log_text()[-3000:]
-    while feeder.is_alive():
-        app.start()
-        time.sleep(rng.uniform(1.5, 3.0))
-        app.kill9()
-    feeder.join()
+    crash_while_fed(app, feeder, [("after_commit", 2), ("before_commit", 3)], seed=9)
     app.start()
     assert io.wait_processed(kafka, app_id, [src], timeout_s=120), app.log_text()[-3000:]
     assert app.terminate() == 0

@@ -164,3 +164,31 @@ def test_an_error_of_the_call_is_raised_on_the_callers_thread() -> None:
         raise ValueError("boom")
     with pytest.raises(ValueError, match="boom"):
         collector_mod.bounded("x", fail, 1.0)
+
+
+class FencedInCallback(StuckProducer):
+    """A producer fenced while serving delivery reports: confluent-kafka raises the fatal
+    error from inside the callback dispatch, which Python reports as a SystemError."""
+
+    def flush(self, _t: float) -> int:
+        try:
+            raise KafkaException(KafkaError(KafkaError._FENCED, "fenced by newer producer",
+                                            fatal=True))
+        except KafkaException as exc:
+            raise SystemError("<function Collector._on_delivery> returned a result with an "
+                              "exception set") from exc
+
+
+def test_a_producer_fenced_inside_a_delivery_callback_raises_the_kafka_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen in the broker failure scenario: the SystemError escaped the checkpoint, which
+    # recovers from KafkaException only, and crashed the instance.
+    monkeypatch.setattr(collector_mod, "new_producer", lambda conf: FencedInCallback(conf, ""))
+    c = Collector(lambda: {"transactional.id": "t"}, transactional=True, op_timeout_s=0.2)
+    c.init()
+    c.begin()
+    # What the checkpoint coordinator recovers from (a new producer), not a crash.
+    with pytest.raises(TransactionAborted, match=r"commit failed \(fatal\): fenced by newer"):
+        c.commit_transaction({TopicPartition("in", 0): 5}, "group")
+    with pytest.raises(KafkaException):
+        c.flush()
