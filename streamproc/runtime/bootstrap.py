@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.runtime.task import Task
@@ -68,8 +68,15 @@ class TableBootstrap:
             return tps
         targets: dict[TopicPartition, int] = {}
         for tp in tables:
-            low, high = self._consumer.get_watermark_offsets(
-                KafkaTopicPartition(tp.topic, tp.partition), timeout=self._timeout_s)
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    KafkaTopicPartition(tp.topic, tp.partition), timeout=self._timeout_s)
+            except KafkaException as exc:
+                # No end offset (a broker that does not answer): hold on nothing rather than
+                # fail the task's start; the streams then read beside the table.
+                log.warning("table.bootstrap_skipped", task=str(task.id),
+                            table=f"{tp.topic}[{tp.partition}]", error=str(exc.args[0]))
+                continue
             if high > max(positions.get(tp, low), low):
                 targets[tp] = high
         if not targets:

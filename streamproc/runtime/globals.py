@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from streamproc.config import Settings
-from streamproc.errors import CodecError, InfrastructureError, NullKeyError, StreamprocError
+from streamproc.errors import InfrastructureError, StreamprocError
 from streamproc.graph.compile import CompiledTopology
 from streamproc.graph.nodes import GlobalTableSpec
 from streamproc.kafka.clients import (
@@ -39,7 +39,7 @@ from streamproc.metrics import Metrics
 from streamproc.progress import Progress
 from streamproc.runtime.checkpoint import now_ms
 from streamproc.runtime.deadletter import dead_letter
-from streamproc.runtime.limits import HeaderError, read_headers
+from streamproc.runtime.tables import row_problem
 from streamproc.state.table import GlobalTableStore
 from streamproc.types import Origin
 
@@ -157,7 +157,7 @@ class GlobalTables:
             if spec is None:
                 continue
             offsets.setdefault(spec.store, {})[m.partition()] = m.offset() + 1
-            problem = _problem(spec, m)
+            problem = row_problem(spec.key_codec, spec.value_codec, m)
             if problem is not None:
                 self._on_error(m, problem, f"{spec.store}.global_table")
                 failed = True
@@ -172,29 +172,6 @@ class GlobalTables:
             self.stores[store].apply(rows.get(store, []), offs)
         self.records += n
         return n, size
-
-
-def _problem(spec: GlobalTableSpec, m: Any) -> Exception | None:
-    """Why a record of a global table's topic is not a row (None: it is one)."""
-    try:
-        read_headers(m)
-    except Exception as exc:
-        return HeaderError(f"headers cannot be read: {exc}")
-    key = m.key()
-    if key is None:
-        return NullKeyError("a global table record needs a key")
-    try:
-        spec.key_codec.decode(key)
-        value = m.value()
-        if value is not None:
-            spec.value_codec.decode(value)
-    except InfrastructureError:
-        raise  # a registry that cannot be reached: not the record's fault
-    except CodecError as exc:
-        return exc
-    except Exception as exc:
-        return CodecError(spec.value_codec.name, f"{type(exc).__name__}: {exc}")
-    return None
 
 
 def check_topics(specs: Mapping[str, GlobalTableSpec], partitions: Mapping[str, int | None],

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from streamproc.errors import InfrastructureError, NullKeyError
+from streamproc.codecs.base import Codec
+from streamproc.errors import CodecError, InfrastructureError, NullKeyError
 from streamproc.graph.nodes import (
     Node,
     SourceNode,
@@ -24,7 +25,7 @@ from streamproc.graph.nodes import (
     table_root,
 )
 from streamproc.runtime.context import Push, TaskContext
-from streamproc.runtime.limits import read_headers
+from streamproc.runtime.limits import HeaderError, read_headers
 from streamproc.runtime.process import MUTABLE
 from streamproc.state.table import SourceTableStore
 from streamproc.types import Change, Origin, Record
@@ -178,31 +179,39 @@ def stream_table_join(node: StreamTableJoinNode, down: Push, ctx: TaskContext) -
     return push
 
 
+def row_problem(key_codec: Codec, value_codec: Codec, m: Origin) -> Exception | None:
+    """Why a consumed record of a table's topic is not a row (None: it is one): headers that
+    cannot be read, no key, a key or value that does not decode. A registry that cannot be
+    reached is not the record's fault: it is raised."""
+    try:
+        read_headers(m)
+    except Exception as exc:
+        return HeaderError(f"headers cannot be read: {exc}")
+    key = m.key()
+    if key is None:
+        return NullKeyError("a table record needs a key")
+    try:
+        key_codec.decode(key)
+        value = m.value()
+        if value is not None:
+            value_codec.decode(value)
+    except InfrastructureError:
+        raise
+    except CodecError as exc:
+        return exc
+    except Exception as exc:
+        return CodecError(value_codec.name, f"{type(exc).__name__}: {exc}")
+    return None
+
+
 def restorable(node: SourceNode) -> Callable[[Origin], bool]:
     """Whether a consumed record of a table's topic is one its table holds: what the source
-    would have accepted (headers readable, key present, key and value decodable). A restore
-    from the topic skips the others, as processing dead-lettered or skipped them. Limits that
-    depend on the wall clock (a timestamp too far in the future) are not applied again."""
+    would have accepted (:func:`row_problem`). A restore from the topic skips the others, as
+    processing dead-lettered or skipped them. Limits that depend on the wall clock (a
+    timestamp too far in the future) are not applied again."""
     assert node.key_codec is not None and node.value_codec is not None
-    kdec, vdec = node.key_codec.decode, node.value_codec.decode
-
-    def accepts(m: Origin) -> bool:
-        key = m.key()
-        if key is None:
-            return False
-        try:
-            read_headers(m)
-            kdec(key)
-            value = m.value()
-            if value is not None:
-                vdec(value)
-        except InfrastructureError:
-            raise  # a registry that cannot be reached: the record may well be a row
-        except Exception:
-            return False
-        return True
-
-    return accepts
+    kcodec, vcodec = node.key_codec, node.value_codec
+    return lambda m: row_problem(kcodec, vcodec, m) is None
 
 
 def stream_global_join(node: StreamGlobalJoinNode, down: Push, ctx: TaskContext) -> Push:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from structlog.testing import capture_logs
 
@@ -93,3 +94,17 @@ def test_a_forgotten_task_is_not_released() -> None:
     boot.start(task, [TABLE, STREAM], {})
     boot.forget(task)
     assert not boot.active and boot.release() == []
+
+
+def test_an_end_offset_that_cannot_be_read_holds_nothing() -> None:
+    class Unanswered(Consumer):
+        def get_watermark_offsets(self, tp: KafkaTopicPartition,
+                                  timeout: float) -> tuple[int, int]:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
+
+    boot = TableBootstrap(Unanswered(0, 40), 5.0)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        assert boot.start(_task(), [TABLE, STREAM], {}) == [TABLE, STREAM]
+    assert [(e["event"], e["log_level"]) for e in logs] == [("table.bootstrap_skipped",
+                                                             "warning")]
+    assert not boot.active
